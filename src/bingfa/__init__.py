@@ -1,0 +1,46 @@
+"""bingfa (并发): concurrency lessons made real.
+
+The public surface is exactly ``__all__`` below; ``tests/test_public_api.py`` guards it.
+"""
+
+from __future__ import annotations
+
+from bingfa.apps import App, Context, as_app, handler, load_app
+from bingfa.errors import (
+    BingfaError,
+    ClosedError,
+    ConnectionClosed,
+    FrameTooLarge,
+    MessageTooLarge,
+    NetworkError,
+    ProtocolError,
+    RemoteError,
+    Timeout,
+    UsageError,
+)
+from bingfa.protocol import FrameCodec, LineCodec, RawCodec, make_codec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "BingfaError",
+    "ClosedError",
+    "ConnectionClosed",
+    "Context",
+    "FrameCodec",
+    "FrameTooLarge",
+    "LineCodec",
+    "MessageTooLarge",
+    "NetworkError",
+    "ProtocolError",
+    "RawCodec",
+    "RemoteError",
+    "Timeout",
+    "UsageError",
+    "__version__",
+    "as_app",
+    "handler",
+    "load_app",
+    "make_codec",
+]
