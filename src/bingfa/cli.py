@@ -1,0 +1,199 @@
+"""The ``bingfa`` command line. Every option can also come from ``BINGFA_<OPTION>``.
+
+Start it through :mod:`bingfa._entry` (the ``bingfa`` script, ``python -m bingfa``), which
+monkey-patches for gevent first when ``--model gevent`` is asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from bingfa import __version__
+from bingfa.client import Client, parse_address
+from bingfa.errors import BingfaError
+from bingfa.protocol import DEFAULT_MAX_FRAME_SIZE, PROTOCOLS
+from bingfa.server import MODELS
+
+__all__ = ["cli"]
+
+PROTOCOL_CHOICE = click.Choice(list(PROTOCOLS))
+LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
+
+
+def env_option(*names: str, **kwargs: Any) -> Any:
+    """A click option that also reads ``BINGFA_<NAME>`` (dashes → underscores, upper-case)."""
+    long_name = next(n for n in names if n.startswith("--"))
+    kwargs.setdefault("envvar", "BINGFA_" + long_name[2:].replace("-", "_").upper())
+    kwargs.setdefault("show_envvar", True)
+    kwargs.setdefault("show_default", True)
+    return click.option(*names, **kwargs)
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr with timestamps and the process id (useful once there are workers)."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def fail(exc: BingfaError) -> None:
+    """Print a bingfa error as one clear line and exit 2 (usage) or 1 (anything else)."""
+    click.echo(f"bingfa: error: {exc}", err=True)
+    sys.exit(2 if isinstance(exc, ValueError) else 1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="bingfa")
+def cli() -> None:
+    """bingfa (并发): serve one handler under any concurrency model, and measure them.
+
+    \b
+    Quick start:
+      bingfa serve upper --model gevent --port 8086
+      bingfa send 127.0.0.1:8086 hello world
+      bingfa demo
+    """
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with IPv6 hosts in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@cli.command()
+@click.argument("app")
+@env_option(
+    "--model",
+    type=click.Choice(list(MODELS)),
+    default="thread",
+    help="Concurrency model: a thread per connection, a fixed thread pool, a greenlet per "
+    "connection, or an asyncio event loop.",
+)
+@env_option("--host", default="127.0.0.1", help="Address to listen on.")
+@env_option("--port", type=click.IntRange(0, 65535), default=8086, help="0 picks a free port.")
+@env_option("--protocol", type=PROTOCOL_CHOICE, default="frame", help="Wire framing.")
+@env_option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=64,
+    help="threadpool: pool size; asyncio: threads for blocking handlers.",
+)
+@env_option(
+    "--loop",
+    type=click.Choice(["auto", "asyncio", "uvloop"]),
+    default="auto",
+    help="asyncio model: event loop implementation (auto = uvloop when installed).",
+)
+@env_option(
+    "--max-frame-size",
+    type=click.IntRange(0, 2**32 - 1),
+    default=DEFAULT_MAX_FRAME_SIZE,
+    help="Largest request in bytes; a larger declared length closes the connection.",
+)
+@env_option("--log-level", type=LOG_LEVELS, default="info", help="Logging threshold (stderr).")
+def serve(
+    app: str,
+    model: str,
+    host: str,
+    port: int,
+    protocol: str,
+    threads: int,
+    loop: str,
+    max_frame_size: int,
+    log_level: str,
+) -> None:
+    """Serve APP over TCP until SIGINT/SIGTERM (then close connections and exit 0).
+
+    APP is a built-in (echo, upper, sleep, cpu) or module:attribute naming a handler:
+    a function taking the request bytes (and optionally a bingfa.Context) and returning the
+    reply bytes or None. Once listening, one line goes to stdout:
+    "bingfa: listening on HOST:PORT (...)".
+    """
+    from bingfa.server import create_server
+    from bingfa.server import serve as run
+
+    setup_logging(log_level)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # so `module:attr` finds the user's own modules
+    try:
+        server = create_server(
+            app,
+            model,
+            host=host,
+            port=port,
+            protocol=protocol,
+            threads=threads,
+            loop=loop,
+            max_frame_size=max_frame_size,
+        )
+        bound_host, bound_port = server.listen()
+    except BingfaError as exc:
+        fail(exc)
+        return
+    click.echo(
+        f"bingfa: listening on {format_address(bound_host, bound_port)} "
+        f"(app={server.app.name} model={model} protocol={protocol} pid={os.getpid()})"
+    )
+    sys.stdout.flush()
+    run(server)
+
+
+def _show(reply: bytes) -> str:
+    return reply.decode("utf-8", errors="backslashreplace")
+
+
+@cli.command()
+@click.argument("address")
+@click.argument("messages", nargs=-1, required=True)
+@env_option("--protocol", type=PROTOCOL_CHOICE, default="frame", help="Wire framing.")
+@env_option("--timeout", type=float, default=10.0, help="Seconds to wait for each reply.")
+def send(address: str, messages: tuple[str, ...], protocol: str, timeout: float) -> None:
+    """Send each MESSAGE as one request to ADDRESS (HOST:PORT); print each reply on a line."""
+    try:
+        host, port = parse_address(address)
+        with Client(host, port, protocol=protocol, timeout=timeout) as client:
+            for message in messages:
+                click.echo(_show(client.request(message.encode())))
+    except BingfaError as exc:
+        fail(exc)
+
+
+@cli.command()
+@click.argument("address")
+@env_option("--protocol", type=PROTOCOL_CHOICE, default="frame", help="Wire framing.")
+@env_option("--timeout", type=float, default=10.0, help="Seconds to wait for each reply.")
+def client(address: str, protocol: str, timeout: float) -> None:
+    """Interactive client: each line you type is a request; its reply is printed.
+
+    End with an empty line, 'quit', or Ctrl-D.
+    """
+    try:
+        host, port = parse_address(address)
+        with Client(host, port, protocol=protocol, timeout=timeout) as conn:
+            interactive = sys.stdin.isatty()
+            while True:
+                if interactive:
+                    click.echo("> ", nl=False)
+                line = sys.stdin.readline()
+                if not line or line.strip() in ("", "quit", "exit"):
+                    return
+                click.echo(_show(conn.request(line.rstrip("\r\n").encode())))
+    except BingfaError as exc:
+        fail(exc)
+
+
+@cli.command()
+@env_option("--clients", type=click.IntRange(1, 500), default=20, help="Concurrent clients.")
+@env_option("--requests", type=click.IntRange(1), default=200, help="Requests per client.")
+def demo(clients: int, requests: int) -> None:
+    """Self-check: serve `upper` under every model and round-trip messages; print a table."""
+    from bingfa.selfcheck import run_selfcheck
+
+    sys.exit(run_selfcheck(clients=clients, requests=requests))

@@ -1,0 +1,79 @@
+"""Servers: one skeleton (:class:`BaseServer`), one module per concurrency model.
+
+Models are imported lazily by name, so choosing ``thread`` never imports gevent or uvloop.
+"""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import threading
+from typing import Any
+
+from bingfa.apps import App, as_app, load_app
+from bingfa.errors import UsageError
+from bingfa.server.base import BaseServer, ServerConfig
+
+__all__ = ["MODELS", "BaseServer", "ServerConfig", "create_server", "serve"]
+
+MODELS: dict[str, str] = {
+    "thread": "bingfa.server.thread:ThreadServer",
+    "threadpool": "bingfa.server.threadpool:ThreadPoolServer",
+    "gevent": "bingfa.server.gevent:GeventServer",
+    "asyncio": "bingfa.server.asyncio:AsyncioServer",
+}
+"""Model name → ``module:class`` of its server."""
+
+
+def server_class(model: str) -> type[BaseServer]:
+    """The server class of ``model``. Raises UsageError for an unknown model."""
+    try:
+        target = MODELS[model]
+    except KeyError:
+        raise UsageError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}") from None
+    module_name, _, attr = target.partition(":")
+    cls: type[BaseServer] = getattr(importlib.import_module(module_name), attr)
+    return cls
+
+
+def create_server(app: Any, model: str = "thread", **options: Any) -> BaseServer:
+    """Build (not start) a server for ``app`` under ``model``.
+
+    Args:
+        app: a handler, an :class:`~bingfa.apps.App`, or an app spec string
+            (``"echo"``, ``"module:attr"``).
+        model: one of :data:`MODELS`.
+        **options: :class:`ServerConfig` fields (host, port, protocol, threads, ...).
+
+    Raises:
+        UsageError: unknown model, bad option, or an app that cannot be loaded.
+    """
+    resolved: App = load_app(app) if isinstance(app, str) else as_app(app)
+    return server_class(model)(resolved, ServerConfig(**options))
+
+
+def serve(server: BaseServer) -> None:
+    """Run ``server`` in the calling (main) thread until SIGINT or SIGTERM, then stop cleanly.
+
+    Event-loop models install their handlers on their own loop (asyncio's
+    ``add_signal_handler``, ``gevent.signal_handler``); thread models use ``signal.signal``.
+    Previous handlers are restored on return.
+
+    Raises:
+        UsageError: called outside the main thread (signals can only be handled there).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        raise UsageError("serve() handles signals, so it must run in the main thread")
+    if hasattr(server, "handle_signals"):
+        server.handle_signals = True
+        server.serve_forever()
+        return
+    previous = {
+        sig: signal.signal(sig, lambda *_: server.shutdown())
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        server.serve_forever()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

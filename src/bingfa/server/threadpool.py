@@ -1,0 +1,67 @@
+"""``threadpool``: a fixed pool of ``threads`` workers serving connections from a queue.
+
+Bounded memory and thread count whatever the number of clients. The trade-off: a worker is
+held by its connection for the connection's whole life, so with N workers the (N+1)-th client
+waits in the queue until some connection closes — and a slow or idle client holds a worker.
+Choose ``thread`` or an event-loop model for many long-lived connections.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+from typing import Any
+
+from bingfa.server._blocking import BlockingServer
+
+__all__ = ["ThreadPoolServer"]
+
+
+class ThreadPoolServer(BlockingServer):
+    """``config.threads`` workers; connections beyond that wait for a free worker."""
+
+    model = "threadpool"
+
+    def _serve(self, listener: socket.socket) -> None:
+        self._queue: queue.SimpleQueue[tuple[socket.socket, Any] | None] = queue.SimpleQueue()
+        workers = [
+            threading.Thread(target=self._work, name=f"bingfa-worker-{i}")
+            for i in range(self.config.threads)
+        ]
+        for t in workers:
+            t.start()
+        try:
+            self._accept_loop(listener)
+        finally:
+            # Connections still waiting for a worker are closed unserved.
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    with self._conns_lock:
+                        self._conns.pop(item[0], None)
+                    item[0].close()
+            for _ in workers:
+                self._queue.put(None)
+            self._join(workers)
+
+    def _dispatch(self, conn: socket.socket, peer: Any) -> None:
+        with self._conns_lock:
+            self._conns[conn] = None
+        self._queue.put((conn, peer))
+
+    def _work(self) -> None:
+        get = self._queue.get
+        while True:
+            item = get()
+            if item is None:
+                return
+            if self.stopping:
+                with self._conns_lock:
+                    self._conns.pop(item[0], None)
+                item[0].close()
+                continue
+            self._serve_tracked(*item)
