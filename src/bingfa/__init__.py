@@ -6,6 +6,7 @@ The public surface is exactly ``__all__`` below; ``tests/test_public_api.py`` gu
 from __future__ import annotations
 
 from bingfa.apps import App, Context, as_app, handler, load_app
+from bingfa.client import AsyncClient, Client
 from bingfa.errors import (
     BingfaError,
     ClosedError,
@@ -19,12 +20,17 @@ from bingfa.errors import (
     UsageError,
 )
 from bingfa.protocol import FrameCodec, LineCodec, RawCodec, make_codec
+from bingfa.server import MODELS, BaseServer, ServerConfig, create_server, serve
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MODELS",
     "App",
+    "AsyncClient",
+    "BaseServer",
     "BingfaError",
+    "Client",
     "ClosedError",
     "ConnectionClosed",
     "Context",
@@ -36,11 +42,14 @@ __all__ = [
     "ProtocolError",
     "RawCodec",
     "RemoteError",
+    "ServerConfig",
     "Timeout",
     "UsageError",
     "__version__",
     "as_app",
+    "create_server",
     "handler",
     "load_app",
     "make_codec",
+    "serve",
 ]

@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from bingfa.errors import UsageError
 
@@ -114,7 +114,15 @@ class App:
         return run
 
 
-def handler(fn: F | None = None, *, kind: HandlerKind = "io") -> Any:
+@overload
+def handler(fn: F, *, kind: HandlerKind = "io") -> F: ...
+
+
+@overload
+def handler(fn: None = None, *, kind: HandlerKind = "io") -> Callable[[F], F]: ...
+
+
+def handler(fn: F | None = None, *, kind: HandlerKind = "io") -> F | Callable[[F], F]:
     """Mark a plain handler with its kind: ``@handler(kind="fast")``. See the module doc.
 
     Usable bare (``@handler``, same as ``kind="io"``) or with arguments. Returns the function
@@ -125,6 +133,8 @@ def handler(fn: F | None = None, *, kind: HandlerKind = "io") -> Any:
     """
     if kind not in _KINDS:
         raise UsageError(f"handler kind must be one of {_KINDS}, got {kind!r}")
+    if fn is not None and not callable(fn):
+        raise UsageError(f"handler() takes the kind as a keyword: @handler(kind={fn!r})")
 
     def mark(f: F) -> F:
         f.__bingfa_kind__ = kind  # type: ignore[attr-defined]
@@ -141,11 +151,26 @@ def _arity(fn: Callable[..., Any]) -> int:
         return 1
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required = [p for p in positional if p.default is p.empty]
-    if len(required) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params):
+    if len(required) > 2:
+        raise UsageError(
+            f"handler {fn!r} requires {len(required)} positional arguments; "
+            "it must take (request) or (request, ctx)"
+        )
+    if len(required) == 2 or any(p.kind is p.VAR_POSITIONAL for p in params):
         return 2
     if positional:
         return 1
     raise UsageError(f"handler {fn!r} must take the request as its first positional argument")
+
+
+def _is_async(obj: Any) -> bool:
+    """Whether calling ``obj`` returns a coroutine: an ``async def`` function or method, or an
+    instance whose ``__call__`` is ``async def`` (which ``inspect`` alone does not see)."""
+    if inspect.iscoroutinefunction(obj):
+        return True
+    if isinstance(obj, type):  # calling a class builds an instance, never a coroutine
+        return False
+    return inspect.iscoroutinefunction(type(obj).__call__)
 
 
 def as_app(obj: Any, name: str | None = None) -> App:
@@ -160,7 +185,7 @@ def as_app(obj: Any, name: str | None = None) -> App:
         raise UsageError(f"a handler must be callable, got {type(obj).__name__}")
     label = name or getattr(obj, "__qualname__", None) or repr(obj)
     two = _arity(obj) == 2
-    if inspect.iscoroutinefunction(obj):
+    if _is_async(obj):
         if two:
             return App(label, async_=obj)
 
@@ -251,6 +276,11 @@ def load_app(spec: str) -> App:
             "or 'module:attribute'"
         )
     module_name, _, attr_path = spec.partition(":")
+    if not module_name or module_name.startswith(".") or "" in attr_path.split("."):
+        raise UsageError(
+            f"bad app spec {spec!r}: expected 'module:attribute' with an absolute module name "
+            "and a (possibly dotted) attribute, e.g. 'myapp:handle'"
+        )
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:

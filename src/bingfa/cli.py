@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -25,7 +26,10 @@ PROTOCOL_CHOICE = click.Choice(list(PROTOCOLS))
 LOG_LEVELS = click.Choice(["debug", "info", "warning", "error"], case_sensitive=False)
 
 
-def env_option(*names: str, **kwargs: Any) -> Any:
+FC = TypeVar("FC", bound=Callable[..., Any])
+
+
+def env_option(*names: str, **kwargs: Any) -> Callable[[FC], FC]:
     """A click option that also reads ``BINGFA_<NAME>`` (dashes → underscores, upper-case)."""
     long_name = next(n for n in names if n.startswith("--"))
     kwargs.setdefault("envvar", "BINGFA_" + long_name[2:].replace("-", "_").upper())

@@ -85,9 +85,13 @@ class Client:
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except TimeoutError as exc:
-            raise Timeout(f"connecting to {host}:{port} timed out after {timeout}s", timeout) from exc
+            raise Timeout(
+                f"connecting to {host}:{port} timed out after {timeout}s", timeout
+            ) from exc
         except OSError as exc:
-            raise NetworkError(f"cannot connect to {host}:{port}: {exc.strerror or exc}", exc.errno) from exc
+            raise NetworkError(
+                f"cannot connect to {host}:{port}: {exc.strerror or exc}", exc.errno
+            ) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock: socket.socket | None = sock
 
@@ -111,7 +115,9 @@ class Client:
         except TimeoutError as exc:
             raise Timeout(f"sending to {self.address} timed out", self.timeout) from exc
         except OSError as exc:
-            raise NetworkError(f"sending to {self.address} failed: {exc.strerror or exc}", exc.errno) from exc
+            raise NetworkError(
+                f"sending to {self.address} failed: {exc.strerror or exc}", exc.errno
+            ) from exc
 
     def recv(self) -> bytes:
         """Return the next reply, waiting up to ``timeout`` for each read.
@@ -127,9 +133,13 @@ class Client:
             try:
                 data = sock.recv(_RECV)
             except TimeoutError as exc:
-                raise Timeout(f"no reply from {self.address} within {self.timeout}s", self.timeout) from exc
+                raise Timeout(
+                    f"no reply from {self.address} within {self.timeout}s", self.timeout
+                ) from exc
             except OSError as exc:
-                raise NetworkError(f"receiving from {self.address} failed: {exc.strerror or exc}", exc.errno) from exc
+                raise NetworkError(
+                    f"receiving from {self.address} failed: {exc.strerror or exc}", exc.errno
+                ) from exc
             if not data:
                 raise ConnectionClosed(_closed_message(self._codec.pending))
             replies.extend(self._codec.feed(data))
@@ -192,9 +202,13 @@ class AsyncClient:
             async with asyncio.timeout(self.timeout):
                 self._reader, self._writer = await asyncio.open_connection(host, port)
         except TimeoutError as exc:
-            raise Timeout(f"connecting to {host}:{port} timed out after {self.timeout}s", self.timeout) from exc
+            raise Timeout(
+                f"connecting to {host}:{port} timed out after {self.timeout}s", self.timeout
+            ) from exc
         except OSError as exc:
-            raise NetworkError(f"cannot connect to {host}:{port}: {exc.strerror or exc}", exc.errno) from exc
+            raise NetworkError(
+                f"cannot connect to {host}:{port}: {exc.strerror or exc}", exc.errno
+            ) from exc
 
     def _streams(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._reader is None or self._writer is None:
@@ -221,9 +235,13 @@ class AsyncClient:
                 async with asyncio.timeout(self.timeout):
                     data = await reader.read(_RECV)
             except TimeoutError as exc:
-                raise Timeout(f"no reply from {self.address} within {self.timeout}s", self.timeout) from exc
+                raise Timeout(
+                    f"no reply from {self.address} within {self.timeout}s", self.timeout
+                ) from exc
             except OSError as exc:
-                raise NetworkError(f"receiving from {self.address} failed: {exc}", exc.errno) from exc
+                raise NetworkError(
+                    f"receiving from {self.address} failed: {exc}", exc.errno
+                ) from exc
             if not data:
                 raise ConnectionClosed(_closed_message(self._codec.pending))
             self._replies.extend(self._codec.feed(data))

@@ -19,6 +19,8 @@ original ``OSError`` or ``struct.error``.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BingfaError",
     "ClosedError",
@@ -54,6 +56,11 @@ class MessageTooLarge(UsageError):
         self.size = size
         self.limit = limit
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # ``args`` holds only the message, which ``__init__`` cannot take back: without this,
+        # pickle/copy (e.g. a process pool sending the error back) raise TypeError.
+        return (type(self), (self.size, self.limit), self.__dict__)
+
 
 class RemoteError(BingfaError):
     """The peer at the other end of a connection misbehaved."""
@@ -88,6 +95,10 @@ class FrameTooLarge(ProtocolError):
         super().__init__(f"declared frame length {size} exceeds max_frame_size={limit}", decoded)
         self.size = size
         self.limit = limit
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # See MessageTooLarge.__reduce__.
+        return (type(self), (self.size, self.limit, self.decoded), self.__dict__)
 
 
 class ConnectionClosed(RemoteError):

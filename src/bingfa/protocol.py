@@ -61,8 +61,12 @@ class Codec:
     __slots__ = ("max_frame_size",)
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        if isinstance(max_frame_size, bool) or not isinstance(max_frame_size, int):
+            raise UsageError(f"max_frame_size must be an int, got {type(max_frame_size).__name__}")
         if not 0 <= max_frame_size <= _MAX_WIRE_LENGTH:
-            raise UsageError(f"max_frame_size must be in 0..{_MAX_WIRE_LENGTH}, got {max_frame_size}")
+            raise UsageError(
+                f"max_frame_size must be in 0..{_MAX_WIRE_LENGTH}, got {max_frame_size}"
+            )
         self.max_frame_size = max_frame_size
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -157,23 +161,32 @@ class LineCodec(Codec):
         super().__init__(max_frame_size)
         self._buf = bytearray()
 
+    def _partial_too_long(self, partial: bytes | bytearray) -> bool:
+        """Whether an unterminated line can no longer fit the limit, whatever follows.
+
+        A trailing ``\\r`` does not count yet: it is dropped if the next byte is ``\\n``, so a
+        line of exactly ``max_frame_size`` bytes split between ``\\r`` and ``\\n`` is accepted.
+        """
+        n = len(partial) - (1 if partial.endswith(b"\r") else 0)
+        return n > self.max_frame_size
+
     def feed(self, data: bytes) -> list[bytes]:
         buf = self._buf
+        limit = self.max_frame_size
         if b"\n" not in data:
             buf += data
-            if len(buf) > self.max_frame_size:
+            if self._partial_too_long(buf):
                 size = len(buf)
                 buf.clear()
                 raise ProtocolError(
-                    f"line of more than {size} bytes without a newline exceeds "
-                    f"max_frame_size={self.max_frame_size}"
+                    f"line of at least {size} bytes without a newline exceeds "
+                    f"max_frame_size={limit}"
                 )
             return []
         buf += data
         lines = buf.split(b"\n")
         rest = lines.pop()
         out: list[bytes] = []
-        limit = self.max_frame_size
         for line in lines:
             if line.endswith(b"\r"):
                 line = line[:-1]
@@ -183,10 +196,12 @@ class LineCodec(Codec):
                     f"line of {len(line)} bytes exceeds max_frame_size={limit}", out
                 )
             out.append(bytes(line))
-        if len(rest) > limit:
+        if self._partial_too_long(rest):
             buf.clear()
             raise ProtocolError(
-                f"line of more than {len(rest)} bytes exceeds max_frame_size={limit}", out
+                f"line of at least {len(rest)} bytes without a newline exceeds "
+                f"max_frame_size={limit}",
+                out,
             )
         self._buf = bytearray(rest)
         return out
@@ -196,6 +211,9 @@ class LineCodec(Codec):
             raise MessageTooLarge(len(message), self.max_frame_size)
         if b"\n" in message:
             raise UsageError("a message of the line protocol cannot contain a newline")
+        if message.endswith(b"\r"):
+            # The receiver drops a \r before the \n: the message would arrive shortened.
+            raise UsageError("a message of the line protocol cannot end with a carriage return")
         return message + b"\n"
 
     @property

@@ -28,7 +28,7 @@ class ServerProcess:
 
     Args:
         app: app spec (``echo``, ``module:attr``).
-        model: concurrency model.
+        model: concurrency model; None leaves it to ``BINGFA_MODEL`` or the default.
         start_timeout: seconds to wait for the "listening" line.
         env: extra environment variables for the child.
         **options: CLI options, ``threads=8`` → ``--threads 8`` (True → a bare flag).
@@ -41,13 +41,15 @@ class ServerProcess:
     def __init__(
         self,
         app: str = "echo",
-        model: str = "thread",
+        model: str | None = "thread",
         *,
         start_timeout: float = 30.0,
         env: dict[str, str] | None = None,
         **options: Any,
     ) -> None:
-        self.args = [sys.executable, "-m", "bingfa", "serve", app, "--model", model]
+        self.args = [sys.executable, "-m", "bingfa", "serve", app]
+        if model is not None:
+            self.args += ["--model", model]
         self.args += ["--port", str(options.pop("port", 0))]
         for name, value in options.items():
             flag = "--" + name.replace("_", "-")
@@ -55,13 +57,16 @@ class ServerProcess:
                 self.args.append(flag)
             elif value is not False and value is not None:
                 self.args += [flag, str(value)]
-        self.model = model
+        self.model = model or (env or {}).get("BINGFA_MODEL", "thread")
         self.start_timeout = start_timeout
         self.env = {**os.environ, **(env or {})}
         self.host = "127.0.0.1"
         self.port = 0
         self.proc: subprocess.Popen[str] | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix="bingfa-server-", suffix=".log", delete=False)
+        # Kept open for the child's whole life (stderr to a file: a pipe could fill and block it).
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            prefix="bingfa-server-", suffix=".log", delete=False
+        )
         self.log_path = self._log.name
 
     @property

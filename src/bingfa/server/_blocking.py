@@ -24,9 +24,7 @@ log = logging.getLogger("bingfa.server")
 _ACCEPT_BACKOFF = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
-def serve_connection(
-    server: BaseServer, call: SyncHandler, sock: socket.socket, peer: Any
-) -> None:
+def serve_connection(server: BaseServer, call: SyncHandler, sock: socket.socket, peer: Any) -> None:
     """Serve one connection with blocking calls until the peer closes or misbehaves.
 
     Requests are answered in order; replies to requests that arrived together are sent in one

@@ -295,8 +295,9 @@ class AsyncioServer(BaseServer):
             try:
                 await asyncio.wait_for(self.idle.wait(), self.config.shutdown_timeout)
             except TimeoutError:
-                log.warning("%d connections still busy at shutdown; aborting them",
-                            len(self.connections))
+                log.warning(
+                    "%d connections still busy at shutdown; aborting them", len(self.connections)
+                )
                 for conn in list(self.connections):
                     if conn.task is not None:
                         conn.task.cancel()
