@@ -16,7 +16,7 @@ import click
 
 from bingfa import __version__
 from bingfa.client import Client, parse_address
-from bingfa.errors import BingfaError
+from bingfa.errors import BingfaError, UsageError
 from bingfa.protocol import DEFAULT_MAX_FRAME_SIZE, PROTOCOLS
 from bingfa.server import MODELS
 
@@ -101,6 +101,64 @@ def format_address(host: str, port: int) -> str:
     default=DEFAULT_MAX_FRAME_SIZE,
     help="Largest request in bytes; a larger declared length closes the connection.",
 )
+@env_option(
+    "--workers",
+    default=None,
+    help="Run N worker processes sharing the port under a supervisor that restarts them; "
+    "'auto' = one per core.  [default: one process, no supervisor]",
+)
+@env_option(
+    "--graceful-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    help="On SIGTERM/SIGINT, seconds in-flight requests get before connections are forced shut.",
+)
+@env_option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Open connections per process; more are reset at once.  [default: no limit]",
+)
+@env_option(
+    "--max-children",
+    type=click.IntRange(min=1),
+    default=None,
+    help="fork model: at most this many child processes; more connections wait.  "
+    "[default: no limit]",
+)
+@env_option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Close a connection that completes no request for this many seconds (slowloris "
+    "protection for thread models).  [default: never]",
+)
+@env_option(
+    "--request-timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Abandon a handler running longer and close its connection.  [default: never]",
+)
+@env_option(
+    "--offload",
+    type=click.Choice(["none", "thread", "process"]),
+    default="thread",
+    help="Event-loop models: run blocking handlers in a thread pool, kind='cpu' handlers in a "
+    "process pool (process), or everything inline (none).",
+)
+@env_option(
+    "--offload-workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes in the --offload process pool.  [default: one per core]",
+)
+@env_option(
+    "--stats-interval",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Log connection/request/byte counters every this many seconds.  [default: never]",
+)
+@click.option("--listen-fd", type=int, default=None, hidden=True)
 @env_option("--log-level", type=LOG_LEVELS, default="info", help="Logging threshold (stderr).")
 def serve(
     app: str,
@@ -111,6 +169,16 @@ def serve(
     threads: int,
     loop: str,
     max_frame_size: int,
+    workers: str | None,
+    graceful_timeout: float,
+    max_connections: int | None,
+    max_children: int | None,
+    idle_timeout: float | None,
+    request_timeout: float | None,
+    offload: str,
+    offload_workers: int | None,
+    stats_interval: float | None,
+    listen_fd: int | None,
     log_level: str,
 ) -> None:
     """Serve APP over TCP until SIGINT/SIGTERM (then close connections and exit 0).
@@ -126,27 +194,64 @@ def serve(
     setup_logging(log_level)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # so `module:attr` finds the user's own modules
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "protocol": protocol,
+        "threads": threads,
+        "loop": loop,
+        "max_frame_size": max_frame_size,
+        "graceful_timeout": graceful_timeout,
+        "max_connections": max_connections,
+        "max_children": max_children,
+        "idle_timeout": idle_timeout,
+        "request_timeout": request_timeout,
+        "offload": offload,
+        "offload_workers": offload_workers,
+        "stats_interval": stats_interval,
+    }
     try:
-        server = create_server(
-            app,
-            model,
-            host=host,
-            port=port,
-            protocol=protocol,
-            threads=threads,
-            loop=loop,
-            max_frame_size=max_frame_size,
-        )
+        n_workers = parse_workers(workers)
+        if n_workers is not None and listen_fd is None:
+            if model == "fork":
+                raise UsageError(
+                    "--workers does not apply to the fork model, which already runs a process "
+                    "per connection; use --max-children to bound it"
+                )
+            from bingfa.server.supervisor import Supervisor
+
+            supervisor = Supervisor(app, model, n_workers, options, log_level=log_level)
+            bound_host, bound_port = supervisor.listen()
+            announce(bound_host, bound_port, f"app={app} model={model} workers={n_workers}")
+            sys.exit(supervisor.run())
+        server = create_server(app, model, listen_fd=listen_fd, **options)
         bound_host, bound_port = server.listen()
     except BingfaError as exc:
         fail(exc)
         return
-    click.echo(
-        f"bingfa: listening on {format_address(bound_host, bound_port)} "
-        f"(app={server.app.name} model={model} protocol={protocol} pid={os.getpid()})"
-    )
-    sys.stdout.flush()
+    announce(bound_host, bound_port, f"app={server.app.name} model={model} protocol={protocol}")
     run(server)
+
+
+def parse_workers(text: str | None) -> int | None:
+    """``--workers``: None (no supervisor), ``auto`` (one per core) or a positive integer."""
+    if text is None:
+        return None
+    if text == "auto":
+        return os.cpu_count() or 1
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"--workers must be a positive integer or 'auto', got {text!r}") from None
+    if value < 1:
+        raise UsageError(f"--workers must be at least 1, got {value}")
+    return value
+
+
+def announce(host: str, port: int, details: str) -> None:
+    """Print the one stdout line that says the server listens (tools parse it)."""
+    click.echo(f"bingfa: listening on {format_address(host, port)} ({details} pid={os.getpid()})")
+    sys.stdout.flush()
 
 
 def _show(reply: bytes) -> str:

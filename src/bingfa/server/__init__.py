@@ -21,6 +21,7 @@ MODELS: dict[str, str] = {
     "threadpool": "bingfa.server.threadpool:ThreadPoolServer",
     "gevent": "bingfa.server.gevent:GeventServer",
     "asyncio": "bingfa.server.asyncio:AsyncioServer",
+    "fork": "bingfa.server.fork:ForkServer",
 }
 """Model name → ``module:class`` of its server."""
 
@@ -55,8 +56,9 @@ def create_server(app: Any, model: str = "thread", **options: Any) -> BaseServer
 def serve(server: BaseServer) -> None:
     """Run ``server`` in the calling (main) thread until SIGINT or SIGTERM, then stop cleanly.
 
-    Event-loop models install their handlers on their own loop (asyncio's
-    ``add_signal_handler``, ``gevent.signal_handler``); thread models use ``signal.signal``.
+    SIGUSR1 logs the server's counters (:meth:`BaseServer.report_stats`). Event-loop models
+    install their handlers on their own loop (asyncio's ``add_signal_handler``,
+    ``gevent.signal_handler``); thread models use ``signal.signal``.
     Previous handlers are restored on return.
 
     Raises:
@@ -72,6 +74,7 @@ def serve(server: BaseServer) -> None:
         sig: signal.signal(sig, lambda *_: server.shutdown())
         for sig in (signal.SIGINT, signal.SIGTERM)
     }
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: server.request_stats())
     try:
         server.serve_forever()
     finally:

@@ -1,8 +1,8 @@
 """Shared machinery of the models that serve a connection with blocking socket calls.
 
-``thread`` and ``threadpool`` run :func:`serve_connection` in an OS thread, ``gevent`` in a
-greenlet (its sockets are cooperative). The accept loop of the thread models lives in
-:class:`BlockingServer`.
+``thread``, ``threadpool`` and ``fork`` run :func:`serve_connection` in an OS thread or a child
+process, ``gevent`` in a greenlet (its sockets are cooperative). The accept loop of the
+thread and fork models lives in :class:`BlockingServer`.
 """
 
 from __future__ import annotations
@@ -17,32 +17,68 @@ from typing import Any
 
 from bingfa.apps import Context, SyncHandler
 from bingfa.errors import ProtocolError
-from bingfa.server.base import RECV_SIZE, BaseServer
+from bingfa.server.base import RECV_SIZE, BaseServer, ConnStats
 
 log = logging.getLogger("bingfa.server")
 
 _ACCEPT_BACKOFF = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
+WAKE_STOP = b"x"
+WAKE_STATS = b"s"
 
-def serve_connection(server: BaseServer, call: SyncHandler, sock: socket.socket, peer: Any) -> None:
+
+def serve_connection(
+    server: BaseServer,
+    call: SyncHandler,
+    sock: socket.socket,
+    peer: Any,
+    conn: ConnStats | None = None,
+    since: float | None = None,
+) -> None:
     """Serve one connection with blocking calls until the peer closes or misbehaves.
 
     Requests are answered in order; replies to requests that arrived together are sent in one
     ``sendall``. A handler exception or a protocol error is logged and closes this connection
     only (after answering the complete requests that came before it). Backpressure is natural:
     while ``sendall`` blocks on a client that does not read, nothing more is read from it.
+
+    With ``config.idle_timeout`` the connection is closed once it completes no request for
+    that long (a slowloris client trickling bytes does not reset the clock). With
+    ``config.request_timeout`` the running request's start time is published in ``conn`` for
+    the server's watchdog. ``since`` (a ``time.monotonic()`` value) starts the idle clock
+    earlier than now — the thread pool passes the accept time, so a slowloris connection that
+    already waited in its queue is dropped at once. Counts into ``conn`` and ``server.stats``.
     Closes ``sock`` before returning; never raises.
     """
+    if conn is None:
+        conn = ConnStats(peer, sock)
+    stats = server.stats
+    stats.opened(conn)
     codec = server.new_codec()
     ctx = Context(peer, server.model)
     feed = codec.feed
     encode = codec.encode
     recv = sock.recv
     sendall = sock.sendall
+    idle = server.config.idle_timeout
+    timed = server.config.request_timeout is not None
+    now = time.monotonic
+    last_request = now() if since is None else since
+    if idle is not None:
+        # settimeout(0) would mean non-blocking: keep a small positive floor.
+        sock.settimeout(max(last_request + idle - now(), 0.001))
     try:
         while True:
             try:
                 data = recv(RECV_SIZE)
+            except TimeoutError:
+                assert idle is not None
+                left = last_request + idle - now()
+                if left <= 0:
+                    log.info("closing %s: no complete request for %.1fs (idle_timeout)", peer, idle)
+                    return
+                sock.settimeout(max(left, 0.001))
+                continue
             except OSError as exc:  # reset by the peer, or shut down by our own shutdown()
                 log.debug("connection from %s ended: %s", peer, exc)
                 return
@@ -54,105 +90,221 @@ def serve_connection(server: BaseServer, call: SyncHandler, sock: socket.socket,
                         codec.pending,
                     )
                 return
+            conn.bytes_in += len(data)
             fault: ProtocolError | None = None
             try:
                 messages = feed(data)
             except ProtocolError as exc:
                 fault, messages = exc, exc.decoded
-            if len(messages) == 1 and fault is None:
-                # The request/response fast path: no list, no join.
-                try:
-                    reply = call(messages[0], ctx)
-                    out = None if reply is None else encode(reply)
-                except Exception:
-                    log.exception("handler %s failed for %s; closing", server.app.name, peer)
+            if not messages:
+                if fault is not None:
+                    log.warning("closing connection from %s: %s", peer, fault.reason)
+                    stats.error()
                     return
-                if out is not None:
-                    sendall(out)
                 continue
             replies: list[bytes] = []
             try:
                 for message in messages:
+                    if timed:
+                        conn.started = now()
                     reply = call(message, ctx)
+                    conn.requests += 1
                     if reply is not None:
                         replies.append(encode(reply))
             except Exception:
+                stats.error()
+                if conn.abandoned:
+                    return  # the watchdog already logged and closed it
                 log.exception("handler %s failed for %s; closing", server.app.name, peer)
                 if replies:
                     sendall(b"".join(replies))
                 return
+            finally:
+                conn.started = 0.0
+            if conn.abandoned:
+                return
             if replies:
-                sendall(b"".join(replies))
+                out = replies[0] if len(replies) == 1 else b"".join(replies)
+                sendall(out)
+                conn.bytes_out += len(out)
             if fault is not None:
                 log.warning("closing connection from %s: %s", peer, fault.reason)
+                stats.error()
                 return
-    except OSError as exc:  # sendall to a peer that vanished
+            if idle is not None:
+                last_request = now()
+                sock.settimeout(idle)
+    except OSError as exc:  # sendall to a peer that vanished, or that stopped reading
         log.debug("connection from %s ended while sending: %s", peer, exc)
     finally:
+        stats.closed(conn)
         sock.close()
 
 
 class BlockingServer(BaseServer):
-    """Accept loop and connection bookkeeping shared by ``thread`` and ``threadpool``.
+    """Accept loop and connection bookkeeping shared by ``thread``, ``threadpool``, ``fork``.
 
     The accept loop waits in a selector on the listener and a wake-up socket, so shutdown from
     any thread or a signal handler is prompt. Accept errors that mean "out of resources"
-    (EMFILE, ENFILE, ENOBUFS, ENOMEM) are logged and backed off, never fatal.
+    (EMFILE, ENFILE, ENOBUFS, ENOMEM) are logged and backed off, never fatal. The same loop
+    logs stats on request (SIGUSR1, via the wake-up socket) and every ``stats_interval``, and
+    runs the request-timeout watchdog.
+
+    Subclasses implement :meth:`_dispatch`; they may override :meth:`_may_accept` (return False
+    to leave connections in the backlog for now) and :meth:`_tick` (called on every wake-up,
+    at least every ``_tick_interval`` seconds when that is set).
     """
+
+    _tick_interval: float | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_w.setblocking(False)
+        self._wake_r.setblocking(False)
         self._conns: dict[socket.socket, threading.Thread | None] = {}
+        self._conn_stats: dict[socket.socket, ConnStats] = {}
         self._conns_lock = threading.Lock()
         self._call = self.app.call_sync()
 
     def _wake(self) -> None:
+        self._send_wake(WAKE_STOP)
+
+    def request_stats(self) -> None:
+        """Ask the accept loop to log the stats (safe from a signal handler)."""
+        self._send_wake(WAKE_STATS)
+
+    def _send_wake(self, what: bytes) -> None:
         try:
-            self._wake_w.send(b"x")
+            self._wake_w.send(what)
         except OSError:  # buffer full (already woken) or closed (already stopped)
             pass
+
+    def _may_accept(self) -> bool:
+        return True
+
+    def _tick(self) -> None:
+        pass
+
+    def _timeouts(self) -> list[float]:
+        """Seconds until each periodic duty is due; the selector waits for the nearest."""
+        return []
 
     def _accept_loop(self, listener: socket.socket) -> None:
         """Accept until stopping, handing each connection to :meth:`_dispatch`."""
         listener.setblocking(False)
+        cfg = self.config
         backoff = 0.0
+        next_stats = time.monotonic() + cfg.stats_interval if cfg.stats_interval else None
+        watchdog_period = (
+            min(0.1, cfg.request_timeout / 4) if cfg.request_timeout is not None else None
+        )
+        next_watchdog = time.monotonic() + watchdog_period if watchdog_period else None
+        resume_at = 0.0  # after an EMFILE-like accept error, leave the listener alone until then
         with selectors.DefaultSelector() as sel:
-            sel.register(listener, selectors.EVENT_READ)
             sel.register(self._wake_r, selectors.EVENT_READ)
+            accepting = False
             while not self.stopping:
-                sel.select(timeout=backoff or None)
-                while not self.stopping:
-                    try:
-                        conn, peer = listener.accept()
-                    except (BlockingIOError, InterruptedError):
-                        backoff = 0.0
-                        break
-                    except OSError as exc:
-                        if exc.errno not in _ACCEPT_BACKOFF:
-                            raise
-                        backoff = min(max(backoff * 2, 0.01), 1.0)
-                        log.warning("accept failed (%s); retrying in %.2fs", exc.strerror, backoff)
-                        # Wait without spinning; keep the listener registered so a freed
-                        # descriptor lets us resume at once.
-                        time.sleep(backoff)
-                        break
-                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    self._dispatch(conn, peer)
+                now = time.monotonic()
+                want = now >= resume_at and self._may_accept()
+                if want != accepting:
+                    if want:
+                        sel.register(listener, selectors.EVENT_READ)
+                    else:
+                        sel.unregister(listener)
+                    accepting = want
+                waits = [t - now for t in (next_stats, next_watchdog, resume_at or None) if t]
+                waits += self._timeouts()
+                if self._tick_interval is not None:
+                    waits.append(self._tick_interval)
+                events = sel.select(timeout=max(0.0, min(waits)) if waits else None)
+                for key, _ in events:
+                    if key.fileobj is self._wake_r:
+                        self._read_wake()
+                self._tick()
+                now = time.monotonic()
+                if next_stats is not None and now >= next_stats:
+                    assert cfg.stats_interval
+                    self.report_stats()
+                    next_stats = now + cfg.stats_interval
+                if next_watchdog is not None and now >= next_watchdog:
+                    assert watchdog_period
+                    self._check_request_timeouts(now)
+                    next_watchdog = now + watchdog_period
+                if accepting and any(key.fileobj is listener for key, _ in events):
+                    backoff = self._accept_ready(listener, backoff)
+                    resume_at = now + backoff if backoff else 0.0
         self._wake_r.close()
         self._wake_w.close()
+
+    def _read_wake(self) -> None:
+        try:
+            data = self._wake_r.recv(4096)
+        except OSError:
+            return
+        if WAKE_STATS in data:
+            self.report_stats()
+
+    def _accept_ready(self, listener: socket.socket, backoff: float) -> float:
+        """Accept every pending connection; return the new accept backoff (0 when fine)."""
+        max_conns = self.config.max_connections
+        while not self.stopping and self._may_accept():
+            try:
+                conn, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return 0.0
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_BACKOFF:
+                    raise
+                backoff = min(max(backoff * 2, 0.01), 1.0)
+                log.warning("accept failed (%s); retrying in %.2fs", exc.strerror, backoff)
+                # The caller stops watching the listener until the backoff has passed.
+                return backoff
+            if max_conns is not None and len(self._conns) >= max_conns:
+                self.refuse(conn, peer)
+                continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._dispatch(conn, peer)
+        return 0.0
+
+    def _check_request_timeouts(self, now: float) -> None:
+        """Close connections whose running request exceeded ``request_timeout``."""
+        limit = self.config.request_timeout
+        assert limit is not None
+        with self._conns_lock:
+            running = list(self._conn_stats.values())
+        for conn in running:
+            started = conn.started
+            if started and now - started > limit and not conn.abandoned:
+                conn.abandoned = True
+                log.warning(
+                    "request from %s exceeded request_timeout=%ss; closing the connection "
+                    "(the handler's thread runs on until it returns; its reply is discarded)",
+                    conn.peer,
+                    limit,
+                )
+                if conn.sock is not None:
+                    try:
+                        conn.sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
 
     def _dispatch(self, conn: socket.socket, peer: Any) -> None:
         raise NotImplementedError
 
-    def _serve_tracked(self, conn: socket.socket, peer: Any) -> None:
+    def _serve_tracked(
+        self, conn: socket.socket, peer: Any, accepted_at: float | None = None
+    ) -> None:
         """Serve ``conn`` and keep it in the open-connection table meanwhile."""
+        stats = ConnStats(peer, conn)
+        with self._conns_lock:
+            self._conn_stats[conn] = stats
         try:
-            serve_connection(self, self._call, conn, peer)
+            serve_connection(self, self._call, conn, peer, stats, accepted_at)
         finally:
             with self._conns_lock:
                 self._conns.pop(conn, None)
+                self._conn_stats.pop(conn, None)
 
     def _close_connections(self, how: int) -> None:
         """Shut down every open connection (``SHUT_RD`` lets in-flight replies go out)."""
@@ -167,7 +319,7 @@ class BlockingServer(BaseServer):
     def _join(self, threads: list[threading.Thread]) -> None:
         """Wait for ``threads`` to end: first gently, then by forcing their sockets shut."""
         self._close_connections(socket.SHUT_RD)
-        deadline = time.monotonic() + self.config.shutdown_timeout
+        deadline = time.monotonic() + self.config.graceful_timeout
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
         if any(t.is_alive() for t in threads):

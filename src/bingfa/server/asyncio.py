@@ -3,16 +3,25 @@
 Each connection is a :class:`asyncio.Protocol`, not a streams reader/writer pair: the Protocol
 path does no per-read task switching and costs 2–3× less CPU per request here.
 
-How a request runs depends on the app (see :mod:`bingfa.apps`):
+How a request runs depends on the app (see :mod:`bingfa.apps`) and ``config.offload``:
 
 * ``async def`` handler → awaited on the loop, one request at a time per connection;
-* plain handler of kind ``fast`` → called inline in ``data_received``: no task, no thread hop;
-* plain handler of kind ``io``/``cpu`` (the default for plain functions) → run in a bounded
-  thread pool of ``config.threads`` threads, so a blocking call stalls only its own client.
+* plain handler of kind ``fast``, or any plain handler with ``offload="none"`` → called inline
+  in ``data_received``: no task, no thread hop (it must not block);
+* plain handler of kind ``io``/``cpu`` with ``offload="thread"`` (default) → a bounded thread
+  pool of ``config.threads`` threads, so a blocking call stalls only its own client;
+* kind ``cpu`` with ``offload="process"`` → a process pool (:mod:`bingfa.server.offload`), so
+  CPU-bound work neither stalls the loop nor fights it for the GIL; kind ``io`` still goes to
+  the thread pool.
 
 Replies go out in request order. Backpressure: when the transport's write buffer passes its
 high-water mark (a client that does not read), or when more than ``MAX_QUEUED`` requests wait,
 the connection stops reading until it drains.
+
+Limits: ``max_connections`` resets connections over the limit in ``connection_made``;
+``idle_timeout`` is a per-connection timer; ``request_timeout`` wraps a queued request in
+``asyncio.wait_for`` — an async handler is cancelled, a pooled one is abandoned (its thread or
+process finishes the call; the reply is discarded) and the connection is closed either way.
 """
 
 from __future__ import annotations
@@ -22,12 +31,13 @@ import concurrent.futures
 import logging
 import signal
 import socket
+import struct
 from collections import deque
 from typing import Any
 
 from bingfa.apps import Context
 from bingfa.errors import ProtocolError, UsageError
-from bingfa.server.base import BaseServer
+from bingfa.server.base import BaseServer, ConnStats
 
 __all__ = ["AsyncioServer", "new_event_loop"]
 
@@ -67,27 +77,51 @@ class _Connection(asyncio.Protocol):
         self.encode = codec.encode
         self.mode = server.mode
         self.sync = server.app.sync
-        self.async_ = server.app.async_
         self.pending: deque[bytes] = deque()
         self.task: asyncio.Task[None] | None = None
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.ctx: Context = None  # type: ignore[assignment]
+        self.stats: ConnStats = None  # type: ignore[assignment]
         self.peer: Any = None
         self.lost = False
+        self.refused = False
         self.close_when_done = False
         self.write_paused = False
         self.read_paused = False
         self.writable: asyncio.Future[None] | None = None
+        self.last_request = 0.0
+        self.idle_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         self.peer = transport.get_extra_info("peername")
+        server = self.server
+        limit = server.config.max_connections
+        if limit is not None and len(server.connections) >= limit:
+            self.refused = True
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+            self.transport.abort()
+            server.note_refused(self.peer)
+            return
         self.ctx = Context(self.peer, "asyncio")
-        self.server.connections.add(self)
+        self.stats = ConnStats(self.peer)
+        server.stats.opened(self.stats)
+        server.connections.add(self)
+        idle = server.config.idle_timeout
+        if idle is not None:
+            loop = asyncio.get_running_loop()
+            self.last_request = loop.time()
+            self.idle_timer = loop.call_later(idle, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
+        self.stats.bytes_in += len(data)
         fault: ProtocolError | None = None
         try:
             messages = self.feed(data)
@@ -102,6 +136,7 @@ class _Connection(asyncio.Protocol):
             self._update_reading()
         if fault is not None:
             log.warning("closing connection from %s: %s", self.peer, fault.reason)
+            self.server.stats.error()
             self._close_after_pending()
 
     def eof_received(self) -> bool:
@@ -112,15 +147,21 @@ class _Connection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.refused:
+            return
         self.lost = True
         if exc is not None:
             log.debug("connection from %s lost: %s", self.peer, exc)
-        self.server.connections.discard(self)
-        if self.task is not None and self.async_ is not None and self.mode == "async":
+        server = self.server
+        server.connections.discard(self)
+        server.stats.closed(self.stats)
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        if self.task is not None and self.mode == "async":
             self.task.cancel()
         self._wake_writer()
-        if not self.server.connections:
-            self.server.idle.set()
+        if not server.connections and server.idle is not None:
+            server.idle.set()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -135,29 +176,29 @@ class _Connection(asyncio.Protocol):
 
     def _answer_inline(self, messages: list[bytes]) -> None:
         sync = self.sync
+        assert sync is not None
         ctx = self.ctx
         encode = self.encode
-        if len(messages) == 1:
-            try:
-                reply = sync(messages[0], ctx)  # type: ignore[misc]
-                if reply is not None:
-                    self.transport.write(encode(reply))
-            except Exception:
-                self._handler_failed()
-            return
         out: list[bytes] = []
         try:
             for message in messages:
-                reply = sync(message, ctx)  # type: ignore[misc]
+                reply = sync(message, ctx)
                 if reply is not None:
                     out.append(encode(reply))
         except Exception:
+            self.stats.requests += len(out)
             self._handler_failed(out)
             return
+        self.stats.requests += len(messages)
         if out:
-            self.transport.write(b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self.stats.bytes_out += len(data)
+            self.transport.write(data)
+        if self.idle_timer is not None:
+            self.last_request = asyncio.get_running_loop().time()
 
     def _handler_failed(self, replies: list[bytes] | None = None) -> None:
+        self.server.stats.error()
         log.exception("handler %s failed for %s; closing", self.server.app.name, self.peer)
         if replies:
             self.transport.write(b"".join(replies))
@@ -186,23 +227,54 @@ class _Connection(asyncio.Protocol):
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
 
+    def _check_idle(self) -> None:
+        if self.lost:
+            return
+        idle = self.server.config.idle_timeout
+        assert idle is not None
+        loop = asyncio.get_running_loop()
+        left = self.last_request + idle - loop.time()
+        if self.task is None and left <= 0:
+            log.info("closing %s: no complete request for %.1fs (idle_timeout)", self.peer, idle)
+            self.transport.close()
+            return
+        self.idle_timer = loop.call_later(max(left, 0.05), self._check_idle)
+
     async def _drain(self) -> None:
-        """Answer queued requests one by one, in order (async or thread-pool handlers)."""
+        """Answer queued requests one by one, in order (async or pooled handlers)."""
         loop = asyncio.get_running_loop()
         server = self.server
         ctx = self.ctx
+        call = server.queued_call
+        timeout = server.config.request_timeout
         try:
             while self.pending and not self.lost:
                 message = self.pending.popleft()
                 self._update_reading()
-                if self.async_ is not None and self.mode == "async":
-                    reply = await self.async_(message, ctx)
+                if timeout is None:
+                    reply = await call(message, ctx)
                 else:
-                    reply = await loop.run_in_executor(server.executor, self.sync, message, ctx)  # type: ignore[arg-type]
+                    try:
+                        reply = await asyncio.wait_for(call(message, ctx), timeout)
+                    except TimeoutError:
+                        server.stats.error()
+                        log.warning(
+                            "request from %s exceeded request_timeout=%ss; closing the connection",
+                            self.peer,
+                            timeout,
+                        )
+                        self.pending.clear()
+                        self.transport.close()
+                        return
+                self.stats.requests += 1
                 if self.lost:
                     return
+                if self.idle_timer is not None:
+                    self.last_request = loop.time()
                 if reply is not None:
-                    self.transport.write(self.encode(reply))
+                    data = self.encode(reply)
+                    self.stats.bytes_out += len(data)
+                    self.transport.write(data)
                 if self.write_paused and not self.lost:
                     self.writable = loop.create_future()
                     await self.writable
@@ -210,10 +282,10 @@ class _Connection(asyncio.Protocol):
         except asyncio.CancelledError:
             raise
         except Exception:
-            self.task = None
             self._handler_failed()
             return
-        self.task = None
+        finally:
+            self.task = None
         if not self.lost and (self.close_when_done or server.stopping):
             self.transport.close()
 
@@ -226,18 +298,34 @@ class AsyncioServer(BaseServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         app = self.app
-        if app.async_ is not None:
+        offload = self.config.offload
+        if app.async_ is not None and (app.sync is None or app.kind != "fast"):
             self.mode = "async"
-        elif app.kind == "fast":
+        elif app.kind == "fast" or offload == "none":
             self.mode = "inline"
+        elif offload == "process" and app.kind == "cpu":
+            self.mode = "process"
         else:
             self.mode = "thread"
         self.connections: set[_Connection] = set()
-        self.executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self.executor: concurrent.futures.Executor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self.handle_signals = False
-        self.idle = asyncio.Event()
+        self.idle: asyncio.Event | None = None
+
+    async def queued_call(self, message: bytes, ctx: Context) -> bytes | None:
+        """Run one queued request the way ``self.mode`` says."""
+        if self.mode == "async":
+            assert self.app.async_ is not None
+            return await self.app.async_(message, ctx)
+        loop = asyncio.get_running_loop()
+        if self.mode == "process":
+            from bingfa.server.offload import run_offloaded
+
+            return await loop.run_in_executor(self.executor, run_offloaded, message, ctx)
+        assert self.app.sync is not None
+        return await loop.run_in_executor(self.executor, self.app.sync, message, ctx)
 
     def _wake(self) -> None:
         loop, stop = self._loop, self._stop
@@ -253,6 +341,11 @@ class AsyncioServer(BaseServer):
             self.executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.config.threads, thread_name_prefix="bingfa-handler"
             )
+        elif self.mode == "process":
+            from bingfa.server.offload import make_process_pool
+
+            assert self.app.sync is not None
+            self.executor = make_process_pool(self.app.sync, self.config.offload_workers)
         try:
             loop.run_until_complete(self._main(loop, listener))
         finally:
@@ -265,9 +358,15 @@ class AsyncioServer(BaseServer):
         self._stop = asyncio.Event()
         self.idle = asyncio.Event()
         self._loop = loop
-        if self.handle_signals:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) if self.handle_signals else ()
+        for sig in signals:
+            if sig == signal.SIGUSR1:
+                loop.add_signal_handler(sig, self.report_stats)
+            else:
                 loop.add_signal_handler(sig, self.shutdown)
+        stats_task = None
+        if self.config.stats_interval:
+            stats_task = loop.create_task(self._report_every(self.config.stats_interval))
         server = await loop.create_server(
             lambda: _Connection(self), sock=listener, backlog=self.config.backlog
         )
@@ -276,11 +375,17 @@ class AsyncioServer(BaseServer):
                 await self._stop.wait()
         finally:
             server.close()
-            if self.handle_signals:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(sig)
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            if stats_task is not None:
+                stats_task.cancel()
             await self._close_connections()
             await server.wait_closed()
+
+    async def _report_every(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.report_stats()
 
     async def _close_connections(self) -> None:
         """Close idle connections now; let busy ones answer what they hold, within the timeout."""
@@ -290,13 +395,14 @@ class AsyncioServer(BaseServer):
             else:
                 conn.close_when_done = True
                 conn.transport.pause_reading()
-        if self.connections:
+        if self.connections and self.idle is not None:
             self.idle.clear()
             try:
-                await asyncio.wait_for(self.idle.wait(), self.config.shutdown_timeout)
+                await asyncio.wait_for(self.idle.wait(), self.config.graceful_timeout)
             except TimeoutError:
                 log.warning(
-                    "%d connections still busy at shutdown; aborting them", len(self.connections)
+                    "%d connections still busy after graceful_timeout; aborting them",
+                    len(self.connections),
                 )
                 for conn in list(self.connections):
                     if conn.task is not None:

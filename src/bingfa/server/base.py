@@ -8,9 +8,14 @@ configuration, logging and the connection count live here, once.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import socket
+import struct
+import sys
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -19,7 +24,7 @@ from bingfa.apps import App
 from bingfa.errors import ClosedError, NetworkError, UsageError
 from bingfa.protocol import DEFAULT_MAX_FRAME_SIZE, PROTOCOLS, Codec, make_codec
 
-__all__ = ["BaseServer", "ServerConfig", "make_listener"]
+__all__ = ["BaseServer", "ConnStats", "ServerConfig", "ServerStats", "make_listener"]
 
 log = logging.getLogger("bingfa.server")
 
@@ -39,7 +44,23 @@ class ServerConfig:
             runs blocking handlers under ``asyncio``.
         loop: ``auto`` (uvloop when installed), ``asyncio`` or ``uvloop``; asyncio model only.
         backlog: the listen backlog.
-        shutdown_timeout: seconds to wait for connection threads/tasks to end at shutdown.
+        graceful_timeout: at shutdown, seconds in-flight requests get to finish before their
+            connections are forced closed.
+        max_connections: open connections allowed per process; more are accepted and closed at
+            once with a TCP reset (the client sees "connection reset"). None: no limit.
+        max_children: ``fork`` model: child processes alive at once; further connections wait
+            in the backlog until a child exits. None: no limit.
+        idle_timeout: a connection that completes no request for this many seconds is closed
+            (protects thread models from slowloris). None: never.
+        request_timeout: a handler running longer is abandoned and its connection closed (see
+            docs/servers.md for what happens to the handler under each model). None: never.
+        offload: where event-loop models (asyncio, gevent) run plain handlers that are not
+            ``kind="fast"``: ``thread`` (a thread pool, default), ``process`` (``kind="cpu"``
+            handlers go to a process pool), or ``none`` (inline: the handler must not block).
+        offload_workers: size of the process pool for ``offload="process"``; None: one per core.
+        stats_interval: log the counters every this many seconds. None: never.
+        listen_fd: serve on this inherited, already-listening socket instead of binding
+            (used by the supervisor of worker processes).
     """
 
     host: str = "127.0.0.1"
@@ -49,7 +70,15 @@ class ServerConfig:
     threads: int = 64
     loop: str = "auto"
     backlog: int = 1024
-    shutdown_timeout: float = 5.0
+    graceful_timeout: float = 30.0
+    max_connections: int | None = None
+    max_children: int | None = None
+    idle_timeout: float | None = None
+    request_timeout: float | None = None
+    offload: str = "thread"
+    offload_workers: int | None = None
+    stats_interval: float | None = None
+    listen_fd: int | None = None
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -60,6 +89,16 @@ class ServerConfig:
             raise UsageError(f"threads must be at least 1, got {self.threads}")
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise UsageError(f"loop must be auto, asyncio or uvloop, got {self.loop!r}")
+        if self.offload not in ("none", "thread", "process"):
+            raise UsageError(f"offload must be none, thread or process, got {self.offload!r}")
+        for name in ("graceful_timeout", "idle_timeout", "request_timeout", "stats_interval"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise UsageError(f"{name} must not be negative, got {value}")
+        for name in ("max_connections", "max_children", "offload_workers"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"{name} must be at least 1, got {value}")
         make_codec(self.protocol, self.max_frame_size)  # validates max_frame_size
 
 
@@ -85,13 +124,109 @@ def make_listener(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
+class ConnStats:
+    """Counters of one connection. Written only by the thread/greenlet/task serving it, so the
+    hot path needs no lock; :class:`ServerStats` folds them in when the connection closes.
+
+    ``started`` is the monotonic time the running request began (0.0 when none is running):
+    the request-timeout watchdog of the thread models reads it.
+    """
+
+    __slots__ = ("abandoned", "bytes_in", "bytes_out", "peer", "requests", "sock", "started")
+
+    def __init__(self, peer: Any = None, sock: socket.socket | None = None) -> None:
+        self.requests = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.started = 0.0
+        self.abandoned = False
+        self.peer = peer
+        self.sock = sock
+
+
+class ServerStats:
+    """Counters of one server process: open/total connections, requests, errors, bytes, refused.
+
+    Connection open/close and errors take a lock (rare events); per-request counting happens in
+    each connection's own :class:`ConnStats`.
+    """
+
+    FIELDS = (
+        "open_connections",
+        "total_connections",
+        "requests",
+        "errors",
+        "bytes_in",
+        "bytes_out",
+        "refused",
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.open: set[ConnStats] = set()
+        self.total_connections = 0
+        self.refused = 0
+        self.errors = 0
+        self._closed = [0, 0, 0]  # requests, bytes_in, bytes_out of closed connections
+
+    def opened(self, conn: ConnStats) -> None:
+        with self._lock:
+            self.open.add(conn)
+            self.total_connections += 1
+
+    def closed(self, conn: ConnStats) -> None:
+        with self._lock:
+            self.open.discard(conn)
+            closed = self._closed
+            closed[0] += conn.requests
+            closed[1] += conn.bytes_in
+            closed[2] += conn.bytes_out
+
+    def error(self) -> None:
+        with self._lock:
+            self.errors += 1
+
+    def refuse(self) -> None:
+        with self._lock:
+            self.refused += 1
+
+    def snapshot(self) -> dict[str, int]:
+        """The counters now, as a dict keyed by :attr:`FIELDS`."""
+        with self._lock:
+            open_conns = list(self.open)
+            requests, bytes_in, bytes_out = self._closed
+            total, refused, errors = self.total_connections, self.refused, self.errors
+        for c in open_conns:
+            requests += c.requests
+            bytes_in += c.bytes_in
+            bytes_out += c.bytes_out
+        return {
+            "open_connections": len(open_conns),
+            "total_connections": total,
+            "requests": requests,
+            "errors": errors,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes_out,
+            "refused": refused,
+        }
+
+
+def refuse_connection(sock: socket.socket) -> None:
+    """Close an accepted connection at once with a TCP reset (SO_LINGER 0): over the limit."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
 class BaseServer(ABC):
     """One server: a listening socket, an app, a concurrency model.
 
     Lifecycle: construct → :meth:`listen` (optional; binds so that :attr:`address` is known) →
     :meth:`serve_forever` (blocks) → :meth:`shutdown` from another thread or a signal handler
     makes ``serve_forever`` close the listener and every connection, wait for the model's
-    threads/greenlets/tasks (up to ``shutdown_timeout``) and return. The server owns and closes
+    threads/greenlets/tasks (up to ``graceful_timeout``) and return. The server owns and closes
     the listening socket and every accepted connection.
     """
 
@@ -105,6 +240,8 @@ class BaseServer(ABC):
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
         self._served = False
+        self.stats = ServerStats()
+        self._last_refusal_log = 0.0
 
     # -- shared ---------------------------------------------------------------------------
 
@@ -116,7 +253,10 @@ class BaseServer(ABC):
         """
         if self._listener is None:
             cfg = self.config
-            self._listener = make_listener(cfg.host, cfg.port, cfg.backlog)
+            if cfg.listen_fd is not None:
+                self._listener = socket.socket(fileno=cfg.listen_fd)
+            else:
+                self._listener = make_listener(cfg.host, cfg.port, cfg.backlog)
         return self.address
 
     @property
@@ -168,6 +308,41 @@ class BaseServer(ABC):
         if not self._stopping.is_set():
             self._stopping.set()
             self._wake()
+
+    def report_stats(self) -> dict[str, int]:
+        """Log the counters; a worker under the supervisor (``listen_fd`` set) also writes them
+        to stdout as one ``bingfa-stats {json}`` line for the supervisor to aggregate.
+        Call from the model's own thread/loop, not from a raw signal handler."""
+        snap = self.stats.snapshot()
+        log.info("stats: %s", " ".join(f"{k}={v}" for k, v in snap.items()))
+        if self.config.listen_fd is not None:
+            sys.stdout.write(f"bingfa-stats {json.dumps({'pid': os.getpid(), **snap})}\n")
+            sys.stdout.flush()
+        return snap
+
+    def refuse(self, sock: socket.socket, peer: Any) -> None:
+        """Refuse a connection over ``max_connections``: reset it, count it, log it."""
+        refuse_connection(sock)
+        self.note_refused(peer)
+
+    def note_refused(self, peer: Any) -> None:
+        """Count a refused connection and log it, at most once a second (a flood of refusals
+        must not flood the log)."""
+        self.stats.refuse()
+        now = time.monotonic()
+        if now - self._last_refusal_log >= 1.0:
+            self._last_refusal_log = now
+            log.warning(
+                "refusing connection from %s: max_connections=%s reached (%d refused so far)",
+                peer,
+                self.config.max_connections,
+                self.stats.refused,
+            )
+
+    def request_stats(self) -> None:
+        """Ask the server to :meth:`report_stats` soon. Safe from a signal handler; models
+        whose loop must do the reporting override it."""
+        self.report_stats()
 
     @property
     def stopping(self) -> bool:

@@ -5,6 +5,14 @@ plain blocking handler code — ``time.sleep``, ``socket``, ``urllib`` — becom
 because the process is monkey-patched. CPU-bound handlers still stall every connection of the
 process: use worker processes for those.
 
+Limits: ``max_connections`` resets connections over the limit; ``idle_timeout`` works as in
+the thread models (cooperative socket timeouts); ``request_timeout`` raises ``gevent.Timeout``
+inside the handler's greenlet at its next cooperative switch — real interruption for
+IO-waiting handlers, none for one that computes without yielding. ``offload="thread"`` (the
+default) runs ``kind="cpu"`` handlers in gevent's native thread pool so the hub keeps serving
+other connections; ``offload="process"`` is for the asyncio model — here it is refused with a
+UsageError (use ``--workers`` for CPU-bound work under gevent).
+
 Patching must come first in the process, before ``threading``/``socket``/``ssl`` are used,
 or the process is half-patched. ``bingfa serve --model gevent`` arranges this (see
 :mod:`bingfa._entry`): the CLI patches before importing anything else. Used as a library, call
@@ -23,7 +31,14 @@ from bingfa.errors import UsageError
 from bingfa.server._blocking import serve_connection
 from bingfa.server.base import BaseServer
 
-__all__ = ["GeventServer", "is_patched", "patch"]
+__all__ = ["GeventServer", "RequestTimedOut", "is_patched", "patch"]
+
+
+class RequestTimedOut(Exception):
+    """Raised inside a handler's greenlet when it outlives ``request_timeout``."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(f"handler exceeded request_timeout={limit}s")
 
 
 def patch() -> None:
@@ -58,23 +73,65 @@ class GeventServer(BaseServer):
             )
         import gevent
 
-        self._call: SyncHandler = self.app.call_sync()
-        self._conns: set[socket.socket] = set()
+        if self.config.offload == "process":
+            raise UsageError(
+                "offload='process' is available for the asyncio model; under gevent use "
+                "--workers N for CPU-bound handlers"
+            )
         self._hub = gevent.get_hub()
+        self._call: SyncHandler = self._make_call()
+        self._conns: set[socket.socket] = set()
         # Thread-safe wake-up: shutdown() may be called from another OS thread.
         self._waker = self._hub.loop.async_()
         self.handle_signals = False
+
+    def _make_call(self) -> SyncHandler:
+        """The handler as the connection greenlets call it: through gevent's thread pool for
+        ``kind="cpu"`` (offload thread), under ``gevent.Timeout`` with a request timeout."""
+        import gevent
+
+        plain = self.app.call_sync()
+        call = plain
+        if self.app.kind == "cpu" and self.config.offload == "thread" and self.app.sync:
+            pool = self._hub.threadpool
+
+            def pooled(request: bytes, ctx: Any) -> bytes | None:
+                result: bytes | None = pool.apply(plain, (request, ctx))
+                return result
+
+            call = pooled
+        limit = self.config.request_timeout
+        if limit is None:
+            return call
+        inner = call
+
+        def timed(request: bytes, ctx: Any) -> bytes | None:
+            with gevent.Timeout(limit, RequestTimedOut(limit)):
+                return inner(request, ctx)
+
+        return timed
 
     def _wake(self) -> None:
         self._waker.send()
 
     def _handle(self, sock: socket.socket, peer: Any) -> None:
+        limit = self.config.max_connections
+        if limit is not None and len(self._conns) >= limit:
+            self.refuse(sock, peer)
+            return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._conns.add(sock)
         try:
             serve_connection(self, self._call, sock, peer)
         finally:
             self._conns.discard(sock)
+
+    def _report_every(self, interval: float) -> None:
+        import gevent
+
+        while True:
+            gevent.sleep(interval)
+            self.report_stats()
 
     def _serve(self, listener: socket.socket) -> None:
         import gevent
@@ -89,6 +146,10 @@ class GeventServer(BaseServer):
             handlers = [
                 gevent.signal_handler(sig, self.shutdown) for sig in (signal.SIGINT, signal.SIGTERM)
             ]
+            handlers.append(gevent.signal_handler(signal.SIGUSR1, self.report_stats))
+        reporter = None
+        if self.config.stats_interval:
+            reporter = gevent.spawn(self._report_every, self.config.stats_interval)
         pool = Pool()
         server = StreamServer(listener, self._handle, spawn=pool)
         try:
@@ -102,9 +163,11 @@ class GeventServer(BaseServer):
                     sock.shutdown(socket.SHUT_RD)
                 except OSError:
                     pass
-            if not pool.join(timeout=self.config.shutdown_timeout):
+            if not pool.join(timeout=self.config.graceful_timeout):
                 pool.kill(timeout=1.0)
         finally:
+            if reporter is not None:
+                reporter.kill()
             server.close()
             self._waker.stop()
             for h in handlers:

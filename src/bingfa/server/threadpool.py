@@ -3,7 +3,10 @@
 Bounded memory and thread count whatever the number of clients. The trade-off: a worker is
 held by its connection for the connection's whole life, so with N workers the (N+1)-th client
 waits in the queue until some connection closes — and a slow or idle client holds a worker.
-Choose ``thread`` or an event-loop model for many long-lived connections.
+Choose ``thread`` or an event-loop model for many long-lived connections. Against slowloris
+(many connections that trickle bytes and never finish a request), set ``idle_timeout``: the
+idle clock starts at accept time, so a stalled connection that waited in the queue longer
+than that is dropped as soon as a worker picks it up.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import queue
 import socket
 import threading
+import time
 from typing import Any
 
 from bingfa.server._blocking import BlockingServer
@@ -24,7 +28,9 @@ class ThreadPoolServer(BlockingServer):
     model = "threadpool"
 
     def _serve(self, listener: socket.socket) -> None:
-        self._queue: queue.SimpleQueue[tuple[socket.socket, Any] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[socket.socket, Any, float] | None] = (
+            queue.SimpleQueue()
+        )
         workers = [
             threading.Thread(target=self._work, name=f"bingfa-worker-{i}")
             for i in range(self.config.threads)
@@ -51,7 +57,9 @@ class ThreadPoolServer(BlockingServer):
     def _dispatch(self, conn: socket.socket, peer: Any) -> None:
         with self._conns_lock:
             self._conns[conn] = None
-        self._queue.put((conn, peer))
+        # The accept time travels with the connection: with idle_timeout, time spent waiting
+        # for a worker counts, so stalled (slowloris) connections are shed quickly.
+        self._queue.put((conn, peer, time.monotonic()))
 
     def _work(self) -> None:
         get = self._queue.get
