@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from bingfa import __version__
-from bingfa.client import Client, parse_address
+from bingfa.client import Client, UdpClient, parse_address
 from bingfa.errors import BingfaError, UsageError
 from bingfa.protocol import DEFAULT_MAX_FRAME_SIZE, PROTOCOLS
 from bingfa.server import MODELS
@@ -158,6 +158,20 @@ def format_address(host: str, port: int) -> str:
     default=None,
     help="Log connection/request/byte counters every this many seconds.  [default: never]",
 )
+@env_option("--udp", is_flag=True, default=False, help="Serve UDP datagrams instead of TCP.")
+@env_option(
+    "--max-datagram-size",
+    type=click.IntRange(1, 65535),
+    default=65507,
+    help="UDP: larger datagrams are counted, logged and dropped.",
+)
+@env_option("--certfile", default=None, help="TCP: serve TLS with this PEM certificate chain.")
+@env_option("--keyfile", default=None, help="TLS private key (if not inside --certfile).")
+@env_option(
+    "--ca-certs",
+    default=None,
+    help="TLS: require client certificates signed by these CAs (mutual TLS).",
+)
 @click.option("--listen-fd", type=int, default=None, hidden=True)
 @env_option("--log-level", type=LOG_LEVELS, default="info", help="Logging threshold (stderr).")
 def serve(
@@ -178,6 +192,11 @@ def serve(
     offload: str,
     offload_workers: int | None,
     stats_interval: float | None,
+    udp: bool,
+    max_datagram_size: int,
+    certfile: str | None,
+    keyfile: str | None,
+    ca_certs: str | None,
     listen_fd: int | None,
     log_level: str,
 ) -> None:
@@ -209,6 +228,11 @@ def serve(
         "offload": offload,
         "offload_workers": offload_workers,
         "stats_interval": stats_interval,
+        "udp": udp,
+        "max_datagram_size": max_datagram_size,
+        "certfile": certfile,
+        "keyfile": keyfile,
+        "ca_certs": ca_certs,
     }
     try:
         n_workers = parse_workers(workers)
@@ -229,7 +253,8 @@ def serve(
     except BingfaError as exc:
         fail(exc)
         return
-    announce(bound_host, bound_port, f"app={server.app.name} model={model} protocol={protocol}")
+    transport = "udp" if udp else ("tls" if certfile else protocol)
+    announce(bound_host, bound_port, f"app={server.app.name} model={model} protocol={transport}")
     run(server)
 
 
@@ -258,16 +283,75 @@ def _show(reply: bytes) -> str:
     return reply.decode("utf-8", errors="backslashreplace")
 
 
+def client_options(fn: FC) -> FC:
+    """The options ``send`` and ``client`` share: framing, timeout, TLS."""
+    for option in reversed(
+        [
+            env_option("--protocol", type=PROTOCOL_CHOICE, default="frame", help="Wire framing."),
+            env_option("--timeout", type=float, default=10.0, help="Seconds to wait per reply."),
+            env_option("--tls", is_flag=True, default=False, help="Connect with TLS."),
+            env_option(
+                "--cafile",
+                default=None,
+                help="TLS: trust this CA bundle (default: the system's).",
+            ),
+            click.option(
+                "--client-cert",
+                envvar="BINGFA_CLIENT_CERT",
+                default=None,
+                help="TLS: present this client certificate (PEM, key included or --client-key).",
+            ),
+            click.option("--client-key", envvar="BINGFA_CLIENT_KEY", default=None, hidden=True),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def open_client(address: str, protocol: str, timeout: float, tls: bool, **files: Any) -> Client:
+    host, port = parse_address(address)
+    return Client(
+        host,
+        port,
+        protocol=protocol,
+        timeout=timeout,
+        tls=tls,
+        cafile=files.get("cafile"),
+        certfile=files.get("client_cert"),
+        keyfile=files.get("client_key"),
+    )
+
+
 @cli.command()
 @click.argument("address")
 @click.argument("messages", nargs=-1, required=True)
-@env_option("--protocol", type=PROTOCOL_CHOICE, default="frame", help="Wire framing.")
-@env_option("--timeout", type=float, default=10.0, help="Seconds to wait for each reply.")
-def send(address: str, messages: tuple[str, ...], protocol: str, timeout: float) -> None:
-    """Send each MESSAGE as one request to ADDRESS (HOST:PORT); print each reply on a line."""
+@client_options
+@env_option("--udp", is_flag=True, default=False, help="Send each message as a UDP datagram.")
+@env_option("--retries", type=click.IntRange(min=0), default=3, help="UDP: resends on timeout.")
+def send(
+    address: str,
+    messages: tuple[str, ...],
+    protocol: str,
+    timeout: float,
+    tls: bool,
+    udp: bool,
+    retries: int,
+    **files: Any,
+) -> None:
+    """Send each MESSAGE as one request to ADDRESS (HOST:PORT); print each reply on a line.
+
+    With --udp each message is one datagram, resent up to --retries times (--timeout each).
+    """
     try:
-        host, port = parse_address(address)
-        with Client(host, port, protocol=protocol, timeout=timeout) as client:
+        if udp:
+            if tls:
+                raise UsageError("--tls is for TCP; UDP is sent in the clear")
+            with UdpClient(*parse_address(address)) as udp_client:
+                for message in messages:
+                    reply = udp_client.request(message.encode(), timeout=timeout, retries=retries)
+                    click.echo(_show(reply))
+            return
+        with open_client(address, protocol, timeout, tls, **files) as client:
             for message in messages:
                 click.echo(_show(client.request(message.encode())))
     except BingfaError as exc:
@@ -276,16 +360,14 @@ def send(address: str, messages: tuple[str, ...], protocol: str, timeout: float)
 
 @cli.command()
 @click.argument("address")
-@env_option("--protocol", type=PROTOCOL_CHOICE, default="frame", help="Wire framing.")
-@env_option("--timeout", type=float, default=10.0, help="Seconds to wait for each reply.")
-def client(address: str, protocol: str, timeout: float) -> None:
+@client_options
+def client(address: str, protocol: str, timeout: float, tls: bool, **files: Any) -> None:
     """Interactive client: each line you type is a request; its reply is printed.
 
     End with an empty line, 'quit', or Ctrl-D.
     """
     try:
-        host, port = parse_address(address)
-        with Client(host, port, protocol=protocol, timeout=timeout) as conn:
+        with open_client(address, protocol, timeout, tls, **files) as conn:
             interactive = sys.stdin.isatty()
             while True:
                 if interactive:

@@ -14,7 +14,7 @@ from bingfa.apps import App, as_app, load_app
 from bingfa.errors import UsageError
 from bingfa.server.base import BaseServer, ServerConfig
 
-__all__ = ["MODELS", "BaseServer", "ServerConfig", "create_server", "serve"]
+__all__ = ["MODELS", "UDP_MODELS", "BaseServer", "ServerConfig", "create_server", "serve"]
 
 MODELS: dict[str, str] = {
     "thread": "bingfa.server.thread:ThreadServer",
@@ -23,15 +23,24 @@ MODELS: dict[str, str] = {
     "asyncio": "bingfa.server.asyncio:AsyncioServer",
     "fork": "bingfa.server.fork:ForkServer",
 }
-"""Model name → ``module:class`` of its server."""
+"""Model name → ``module:class`` of its TCP server."""
+
+UDP_MODELS: dict[str, str] = {
+    "thread": "bingfa.server.udp:UdpThreadServer",
+    "gevent": "bingfa.server.udp:UdpGeventServer",
+    "asyncio": "bingfa.server.udp:UdpAsyncioServer",
+}
+"""Model name → ``module:class`` of its UDP server."""
 
 
-def server_class(model: str) -> type[BaseServer]:
-    """The server class of ``model``. Raises UsageError for an unknown model."""
+def server_class(model: str, udp: bool = False) -> type[BaseServer]:
+    """The server class of ``model`` (for UDP with ``udp``). Raises UsageError if unknown."""
+    registry = UDP_MODELS if udp else MODELS
     try:
-        target = MODELS[model]
+        target = registry[model]
     except KeyError:
-        raise UsageError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}") from None
+        kind = "UDP model" if udp else "model"
+        raise UsageError(f"unknown {kind} {model!r}; choose one of {', '.join(registry)}") from None
     module_name, _, attr = target.partition(":")
     cls: type[BaseServer] = getattr(importlib.import_module(module_name), attr)
     return cls
@@ -50,7 +59,8 @@ def create_server(app: Any, model: str = "thread", **options: Any) -> BaseServer
         UsageError: unknown model, bad option, or an app that cannot be loaded.
     """
     resolved: App = load_app(app) if isinstance(app, str) else as_app(app)
-    return server_class(model)(resolved, ServerConfig(**options))
+    config = ServerConfig(**options)
+    return server_class(model, config.udp)(resolved, config)
 
 
 def serve(server: BaseServer) -> None:

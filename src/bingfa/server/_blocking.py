@@ -11,13 +11,14 @@ import errno
 import logging
 import selectors
 import socket
+import ssl
 import threading
 import time
 from typing import Any
 
 from bingfa.apps import Context, SyncHandler
 from bingfa.errors import ProtocolError
-from bingfa.server.base import RECV_SIZE, BaseServer, ConnStats
+from bingfa.server.base import RECV_SIZE, BaseServer, ConnStats, shutdown_socket
 
 log = logging.getLogger("bingfa.server")
 
@@ -53,6 +54,11 @@ def serve_connection(
     if conn is None:
         conn = ConnStats(peer, sock)
     stats = server.stats
+    if server.ssl_context is not None:
+        tls = _handshake(server, sock, peer)
+        if tls is None:
+            return
+        sock = conn.sock = tls
     stats.opened(conn)
     codec = server.new_codec()
     ctx = Context(peer, server.model)
@@ -139,6 +145,27 @@ def serve_connection(
     finally:
         stats.closed(conn)
         sock.close()
+
+
+def _handshake(server: BaseServer, sock: socket.socket, peer: Any) -> ssl.SSLSocket | None:
+    """Run the server side of a TLS handshake, bounded by ``handshake_timeout``.
+
+    Returns the TLS socket, or None after logging why the handshake failed (bad or missing
+    client certificate, a plaintext client, a timeout); ``sock`` is closed then.
+    """
+    assert server.ssl_context is not None
+    try:
+        sock.settimeout(server.config.handshake_timeout)
+        tls = server.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        tls.do_handshake()
+        tls.settimeout(None)
+        return tls
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        log.warning("TLS handshake with %s failed: %s", peer, reason)
+        server.stats.error()
+        sock.close()
+        return None
 
 
 class BlockingServer(BaseServer):
@@ -284,10 +311,7 @@ class BlockingServer(BaseServer):
                     limit,
                 )
                 if conn.sock is not None:
-                    try:
-                        conn.sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
+                    shutdown_socket(conn.sock, socket.SHUT_RDWR)
 
     def _dispatch(self, conn: socket.socket, peer: Any) -> None:
         raise NotImplementedError
@@ -309,12 +333,12 @@ class BlockingServer(BaseServer):
     def _close_connections(self, how: int) -> None:
         """Shut down every open connection (``SHUT_RD`` lets in-flight replies go out)."""
         with self._conns_lock:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                conn.shutdown(how)
-            except OSError:
-                pass
+            # Served connections by their current socket (a TLS one after the handshake),
+            # queued ones (thread pool) by the accepted socket.
+            socks = [c.sock for c in self._conn_stats.values() if c.sock is not None]
+            socks += [s for s in self._conns if s not in self._conn_stats]
+        for sock in socks:
+            shutdown_socket(sock, how)
 
     def _join(self, threads: list[threading.Thread]) -> None:
         """Wait for ``threads`` to end: first gently, then by forcing their sockets shut."""

@@ -67,6 +67,47 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+class _TlsAcceptor(asyncio.Protocol):
+    """Accepts a TCP connection, runs the TLS handshake with ``loop.start_tls``, then hands the
+    TLS transport to a :class:`_Connection`. Doing the handshake here rather than through
+    ``create_server(ssl=...)`` lets a failed handshake (a plaintext client, a bad client
+    certificate, a timeout) be logged and counted; the loop itself drops those silently.
+    Needs a loop that honours ``pause_reading`` in ``connection_made`` (the stdlib loop)."""
+
+    def __init__(self, server: AsyncioServer) -> None:
+        self.server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.pause_reading()  # type: ignore[attr-defined]  # start_tls takes over reading
+        asyncio.get_running_loop().create_task(self._upgrade(transport))
+
+    async def _upgrade(self, transport: asyncio.BaseTransport) -> None:
+        server = self.server
+        assert server.ssl_context is not None
+        peer = transport.get_extra_info("peername")
+        conn = _TlsConnection(server)
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                transport,  # type: ignore[arg-type]
+                conn,
+                server.ssl_context,
+                server_side=True,
+                ssl_handshake_timeout=server.config.handshake_timeout,
+            )
+        except (OSError, TimeoutError, ValueError) as exc:
+            log.warning(
+                "TLS handshake with %s failed: %s", peer, getattr(exc, "reason", None) or exc
+            )
+            server.stats.error()
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        if tls is not None:
+            conn.connection_made(tls)
+
+    def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused
+        pass
+
+
 class _Connection(asyncio.Protocol):
     """One client connection. Owned by the server's connection set until ``connection_lost``."""
 
@@ -290,6 +331,37 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+class _TlsConnection(_Connection):
+    """A connection behind TLS: the TLS layer may deliver application data (sent together with
+    the end of the handshake) before ``start_tls`` returns the transport; keep it until then."""
+
+    def __init__(self, server: AsyncioServer) -> None:
+        super().__init__(server)
+        self.early: list[bytes] | None = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        early, self.early = self.early, None
+        if early and not self.refused:
+            for data in early:
+                super().data_received(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self.early is not None:
+            self.early.append(data)
+        else:
+            super().data_received(data)
+
+    def eof_received(self) -> bool:
+        if self.early is not None:
+            return False
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.stats is not None:
+            super().connection_lost(exc)
+
+
 class AsyncioServer(BaseServer):
     """An event loop serving every connection; see the module doc for how handlers run."""
 
@@ -313,6 +385,7 @@ class AsyncioServer(BaseServer):
         self._stop: asyncio.Event | None = None
         self.handle_signals = False
         self.idle: asyncio.Event | None = None
+        self._uvloop_tls = False
 
     async def queued_call(self, message: bytes, ctx: Context) -> bytes | None:
         """Run one queued request the way ``self.mode`` says."""
@@ -336,7 +409,15 @@ class AsyncioServer(BaseServer):
                 pass
 
     def _serve(self, listener: socket.socket) -> None:
-        loop = new_event_loop(self.config.loop)
+        kind = self.config.loop
+        if self.ssl_context is not None and kind == "auto":
+            # uvloop starts reading right after connection_made, so the logged handshake of
+            # _TlsAcceptor cannot run there, and its TLS buffers cost 256 KiB per connection.
+            kind = "asyncio"
+        loop = new_event_loop(kind)
+        self._uvloop_tls = self.ssl_context is not None and kind == "uvloop"
+        if self._uvloop_tls:
+            log.warning("TLS on uvloop: failed handshakes are closed but not logged")
         if self.mode == "thread":
             self.executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.config.threads, thread_name_prefix="bingfa-handler"
@@ -367,9 +448,18 @@ class AsyncioServer(BaseServer):
         stats_task = None
         if self.config.stats_interval:
             stats_task = loop.create_task(self._report_every(self.config.stats_interval))
-        server = await loop.create_server(
-            lambda: _Connection(self), sock=listener, backlog=self.config.backlog
-        )
+        if self.ssl_context is None or self._uvloop_tls:
+            server = await loop.create_server(
+                lambda: _Connection(self),
+                sock=listener,
+                backlog=self.config.backlog,
+                ssl=self.ssl_context,
+                ssl_handshake_timeout=self.config.handshake_timeout if self.ssl_context else None,
+            )
+        else:
+            server = await loop.create_server(
+                lambda: _TlsAcceptor(self), sock=listener, backlog=self.config.backlog
+            )
         try:
             if not self.stopping:
                 await self._stop.wait()

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -61,6 +62,11 @@ class ServerConfig:
         stats_interval: log the counters every this many seconds. None: never.
         listen_fd: serve on this inherited, already-listening socket instead of binding
             (used by the supervisor of worker processes).
+        udp: serve datagrams instead of TCP connections (models thread, gevent, asyncio).
+        max_datagram_size: UDP only: larger datagrams are counted, logged and dropped.
+        certfile, keyfile: TCP only: serve TLS with this certificate chain and private key.
+        ca_certs: with TLS, require client certificates signed by these CAs (mutual TLS).
+        handshake_timeout: seconds a TLS client gets to complete its handshake.
     """
 
     host: str = "127.0.0.1"
@@ -79,6 +85,12 @@ class ServerConfig:
     offload_workers: int | None = None
     stats_interval: float | None = None
     listen_fd: int | None = None
+    udp: bool = False
+    max_datagram_size: int = 65507
+    certfile: str | None = None
+    keyfile: str | None = None
+    ca_certs: str | None = None
+    handshake_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -99,17 +111,43 @@ class ServerConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"{name} must be at least 1, got {value}")
+        if not 1 <= self.max_datagram_size <= 65535:
+            raise UsageError(f"max_datagram_size must be in 1..65535, got {self.max_datagram_size}")
+        if (self.keyfile or self.ca_certs) and not self.certfile:
+            raise UsageError("--keyfile and --ca-certs need --certfile")
+        if self.udp and self.certfile:
+            raise UsageError("TLS is for TCP; UDP datagrams are served in the clear (see docs)")
         make_codec(self.protocol, self.max_frame_size)  # validates max_frame_size
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server-side TLS context, or None without ``certfile``.
 
-def make_listener(host: str, port: int, backlog: int) -> socket.socket:
-    """Create, bind and listen a TCP socket (IPv4 or IPv6 by ``host``). The caller owns it.
+        Raises:
+            UsageError: the certificate, key or CA file cannot be loaded.
+        """
+        if not self.certfile:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.certfile, self.keyfile)
+            if self.ca_certs:
+                context.load_verify_locations(self.ca_certs)
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(f"cannot load TLS certificate/key/CA: {exc}") from exc
+        return context
+
+
+def make_listener(host: str, port: int, backlog: int, udp: bool = False) -> socket.socket:
+    """Create, bind and listen a TCP socket (IPv4 or IPv6 by ``host``), or bind a UDP socket
+    with ``udp``. The caller owns it.
 
     Raises:
         NetworkError: the address cannot be bound (in use, not local, ...).
     """
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+        infos = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise NetworkError(f"cannot resolve {host!r}: {exc}", exc.errno) from exc
     family, type_, proto, _, addr = infos[0]
@@ -117,7 +155,8 @@ def make_listener(host: str, port: int, backlog: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
-        sock.listen(backlog)
+        if not udp:
+            sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise NetworkError(f"cannot listen on {host}:{port}: {exc.strerror}", exc.errno) from exc
@@ -159,6 +198,7 @@ class ServerStats:
         "bytes_in",
         "bytes_out",
         "refused",
+        "dropped",
     )
 
     def __init__(self) -> None:
@@ -167,6 +207,7 @@ class ServerStats:
         self.total_connections = 0
         self.refused = 0
         self.errors = 0
+        self.dropped = 0
         self._closed = [0, 0, 0]  # requests, bytes_in, bytes_out of closed connections
 
     def opened(self, conn: ConnStats) -> None:
@@ -190,12 +231,26 @@ class ServerStats:
         with self._lock:
             self.refused += 1
 
+    def drop(self) -> None:
+        """Count a datagram dropped (oversized, or the handlers fell behind)."""
+        with self._lock:
+            self.dropped += 1
+
+    def add(self, requests: int, bytes_in: int, bytes_out: int) -> None:
+        """Count requests handled outside any connection (UDP)."""
+        with self._lock:
+            closed = self._closed
+            closed[0] += requests
+            closed[1] += bytes_in
+            closed[2] += bytes_out
+
     def snapshot(self) -> dict[str, int]:
         """The counters now, as a dict keyed by :attr:`FIELDS`."""
         with self._lock:
             open_conns = list(self.open)
             requests, bytes_in, bytes_out = self._closed
             total, refused, errors = self.total_connections, self.refused, self.errors
+            dropped = self.dropped
         for c in open_conns:
             requests += c.requests
             bytes_in += c.bytes_in
@@ -208,7 +263,17 @@ class ServerStats:
             "bytes_in": bytes_in,
             "bytes_out": bytes_out,
             "refused": refused,
+            "dropped": dropped,
         }
+
+
+def shutdown_socket(sock: socket.socket, how: int) -> None:
+    """``shutdown(2)`` on the descriptor, ignoring errors. On a TLS socket this bypasses
+    ``SSLSocket.shutdown``, which would drop the TLS state an in-flight reply still needs."""
+    try:
+        socket.socket.shutdown(sock, how)
+    except (OSError, ValueError):
+        pass
 
 
 def refuse_connection(sock: socket.socket) -> None:
@@ -242,6 +307,7 @@ class BaseServer(ABC):
         self._served = False
         self.stats = ServerStats()
         self._last_refusal_log = 0.0
+        self.ssl_context = self.config.ssl_context()
 
     # -- shared ---------------------------------------------------------------------------
 
@@ -256,7 +322,7 @@ class BaseServer(ABC):
             if cfg.listen_fd is not None:
                 self._listener = socket.socket(fileno=cfg.listen_fd)
             else:
-                self._listener = make_listener(cfg.host, cfg.port, cfg.backlog)
+                self._listener = make_listener(cfg.host, cfg.port, cfg.backlog, cfg.udp)
         return self.address
 
     @property
@@ -266,6 +332,13 @@ class BaseServer(ABC):
             raise UsageError("the server is not listening yet; call listen() first")
         host, port = self._listener.getsockname()[:2]
         return host, port
+
+    @property
+    def transport_name(self) -> str:
+        """``udp``, ``tls+<protocol>`` or the protocol name: for logs."""
+        if self.config.udp:
+            return "udp"
+        return f"tls+{self.config.protocol}" if self.ssl_context else self.config.protocol
 
     def new_codec(self) -> Codec:
         """A fresh codec for one connection."""
@@ -289,7 +362,7 @@ class BaseServer(ABC):
             host,
             port,
             self.model,
-            self.config.protocol,
+            self.transport_name,
         )
         try:
             self._serve(listener)

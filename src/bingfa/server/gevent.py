@@ -29,7 +29,7 @@ from typing import Any
 from bingfa.apps import SyncHandler
 from bingfa.errors import UsageError
 from bingfa.server._blocking import serve_connection
-from bingfa.server.base import BaseServer
+from bingfa.server.base import BaseServer, ConnStats, shutdown_socket
 
 __all__ = ["GeventServer", "RequestTimedOut", "is_patched", "patch"]
 
@@ -80,7 +80,7 @@ class GeventServer(BaseServer):
             )
         self._hub = gevent.get_hub()
         self._call: SyncHandler = self._make_call()
-        self._conns: set[socket.socket] = set()
+        self._conns: set[ConnStats] = set()
         # Thread-safe wake-up: shutdown() may be called from another OS thread.
         self._waker = self._hub.loop.async_()
         self.handle_signals = False
@@ -120,11 +120,12 @@ class GeventServer(BaseServer):
             self.refuse(sock, peer)
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._conns.add(sock)
+        conn = ConnStats(peer, sock)
+        self._conns.add(conn)
         try:
-            serve_connection(self, self._call, sock, peer)
+            serve_connection(self, self._call, sock, peer, conn)
         finally:
-            self._conns.discard(sock)
+            self._conns.discard(conn)
 
     def _report_every(self, interval: float) -> None:
         import gevent
@@ -158,11 +159,9 @@ class GeventServer(BaseServer):
                 stop.wait()
             server.stop_accepting()
             # Shut down reading: idle connections end at once, in-flight replies still go out.
-            for sock in list(self._conns):
-                try:
-                    sock.shutdown(socket.SHUT_RD)
-                except OSError:
-                    pass
+            for conn in list(self._conns):
+                if conn.sock is not None:
+                    shutdown_socket(conn.sock, socket.SHUT_RD)
             if not pool.join(timeout=self.config.graceful_timeout):
                 pool.kill(timeout=1.0)
         finally:
