@@ -31,13 +31,14 @@ import concurrent.futures
 import logging
 import signal
 import socket
+import ssl
 import struct
 from collections import deque
 from typing import Any
 
 from bingfa.apps import Context
 from bingfa.errors import ProtocolError, UsageError
-from bingfa.server.base import BaseServer, ConnStats
+from bingfa.server.base import RECV_SIZE, BaseServer, ConnStats
 
 __all__ = ["AsyncioServer", "new_event_loop"]
 
@@ -65,47 +66,6 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     elif kind != "asyncio":
         raise UsageError(f"loop must be auto, asyncio or uvloop, got {kind!r}")
     return asyncio.new_event_loop()
-
-
-class _TlsAcceptor(asyncio.Protocol):
-    """Accepts a TCP connection, runs the TLS handshake with ``loop.start_tls``, then hands the
-    TLS transport to a :class:`_Connection`. Doing the handshake here rather than through
-    ``create_server(ssl=...)`` lets a failed handshake (a plaintext client, a bad client
-    certificate, a timeout) be logged and counted; the loop itself drops those silently.
-    Needs a loop that honours ``pause_reading`` in ``connection_made`` (the stdlib loop)."""
-
-    def __init__(self, server: AsyncioServer) -> None:
-        self.server = server
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.pause_reading()  # type: ignore[attr-defined]  # start_tls takes over reading
-        asyncio.get_running_loop().create_task(self._upgrade(transport))
-
-    async def _upgrade(self, transport: asyncio.BaseTransport) -> None:
-        server = self.server
-        assert server.ssl_context is not None
-        peer = transport.get_extra_info("peername")
-        conn = _TlsConnection(server)
-        try:
-            tls = await asyncio.get_running_loop().start_tls(
-                transport,  # type: ignore[arg-type]
-                conn,
-                server.ssl_context,
-                server_side=True,
-                ssl_handshake_timeout=server.config.handshake_timeout,
-            )
-        except (OSError, TimeoutError, ValueError) as exc:
-            log.warning(
-                "TLS handshake with %s failed: %s", peer, getattr(exc, "reason", None) or exc
-            )
-            server.stats.error()
-            transport.abort()  # type: ignore[attr-defined]
-            return
-        if tls is not None:
-            conn.connection_made(tls)
-
-    def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused
-        pass
 
 
 class _Connection(asyncio.Protocol):
@@ -331,35 +291,145 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+class _TlsTransport:
+    """What a :class:`_Connection` writes to when TLS is on: encrypts into the raw transport.
+
+    Only the transport methods ``_Connection`` uses are provided.
+    """
+
+    def __init__(self, conn: _TlsConnection, raw: asyncio.Transport) -> None:
+        self.conn = conn
+        self.raw = raw
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.conn.sslobj.write(data)
+        except ssl.SSLError as exc:
+            log.debug("TLS write to %s failed: %s", self.conn.peer, exc)
+            self.raw.abort()
+            return
+        self.conn.flush()
+
+    def close(self) -> None:
+        if not self.raw.is_closing():
+            try:
+                self.conn.sslobj.unwrap()  # queue close_notify
+            except ssl.SSLError:
+                pass
+            self.conn.flush()
+        self.raw.close()
+
+    def abort(self) -> None:
+        self.raw.abort()
+
+    def is_closing(self) -> bool:
+        return self.raw.is_closing()
+
+    def pause_reading(self) -> None:
+        self.raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.raw.resume_reading()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return self.conn.sslobj
+        return self.raw.get_extra_info(name, default)
+
+
 class _TlsConnection(_Connection):
-    """A connection behind TLS: the TLS layer may deliver application data (sent together with
-    the end of the handshake) before ``start_tls`` returns the transport; keep it until then."""
+    """A connection behind TLS, done with ``ssl.MemoryBIO`` inside the protocol.
+
+    Not the loop's own TLS (``create_server(ssl=...)``): that drops failed handshakes silently
+    (a plaintext client, a bad client certificate) and buffers 256 KiB per connection in both
+    uvloop and the stdlib. Here a failed handshake is logged and counted, memory is OpenSSL's
+    per-connection state plus what is in flight, and it works the same on either loop.
+    """
 
     def __init__(self, server: AsyncioServer) -> None:
         super().__init__(server)
-        self.early: list[bytes] | None = []
+        assert server.ssl_context is not None
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.sslobj = server.ssl_context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.raw: asyncio.Transport = None  # type: ignore[assignment]
+        self.handshake_timer: asyncio.TimerHandle | None = None
+        self.plain_eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        early, self.early = self.early, None
-        if early and not self.refused:
-            for data in early:
-                super().data_received(data)
+        self.raw = transport  # type: ignore[assignment]
+        self.peer = transport.get_extra_info("peername")
+        self.handshake_timer = asyncio.get_running_loop().call_later(
+            self.server.config.handshake_timeout, self._handshake_timed_out
+        )
 
     def data_received(self, data: bytes) -> None:
-        if self.early is not None:
-            self.early.append(data)
-        else:
-            super().data_received(data)
+        self.incoming.write(data)
+        if self.stats is None:  # still handshaking
+            try:
+                self.sslobj.do_handshake()
+            except ssl.SSLWantReadError:
+                self.flush()
+                return
+            except ssl.SSLError as exc:
+                self._handshake_failed(exc)
+                return
+            self.flush()
+            if self.handshake_timer is not None:
+                self.handshake_timer.cancel()
+            super().connection_made(_TlsTransport(self, self.raw))  # type: ignore[arg-type]
+            if self.refused:
+                return
+        chunks = []
+        try:
+            while True:
+                chunk = self.sslobj.read(RECV_SIZE)
+                if not chunk:  # close_notify from the client
+                    self.plain_eof = True
+                    break
+                chunks.append(chunk)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLError as exc:
+            log.info("TLS error from %s: %s; closing", self.peer, exc.reason or exc)
+            self.flush()
+            self.raw.abort()
+            return
+        self.flush()  # TLS 1.3 may answer reads with its own records (key updates, alerts)
+        if chunks:
+            super().data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if self.plain_eof and not self.raw.is_closing() and not self.eof_received():
+            self.transport.close()
+
+    def flush(self) -> None:
+        """Send whatever TLS produced (handshake, records, alerts) to the raw transport."""
+        data = self.outgoing.read()
+        if data and not self.raw.is_closing():
+            self.raw.write(data)
 
     def eof_received(self) -> bool:
-        if self.early is not None:
+        if self.stats is None:
+            self._handshake_failed(ConnectionAbortedError("the client closed mid-handshake"))
             return False
         return super().eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
         if self.stats is not None:
             super().connection_lost(exc)
+
+    def _handshake_failed(self, exc: Exception) -> None:
+        self.flush()  # let the client see the alert, when there is one
+        log.warning(
+            "TLS handshake with %s failed: %s", self.peer, getattr(exc, "reason", None) or exc
+        )
+        self.server.stats.error()
+        self.raw.close()
+
+    def _handshake_timed_out(self) -> None:
+        if self.stats is None and not self.raw.is_closing():
+            self._handshake_failed(TimeoutError("no handshake within handshake_timeout"))
 
 
 class AsyncioServer(BaseServer):
@@ -385,7 +455,6 @@ class AsyncioServer(BaseServer):
         self._stop: asyncio.Event | None = None
         self.handle_signals = False
         self.idle: asyncio.Event | None = None
-        self._uvloop_tls = False
 
     async def queued_call(self, message: bytes, ctx: Context) -> bytes | None:
         """Run one queued request the way ``self.mode`` says."""
@@ -409,15 +478,7 @@ class AsyncioServer(BaseServer):
                 pass
 
     def _serve(self, listener: socket.socket) -> None:
-        kind = self.config.loop
-        if self.ssl_context is not None and kind == "auto":
-            # uvloop starts reading right after connection_made, so the logged handshake of
-            # _TlsAcceptor cannot run there, and its TLS buffers cost 256 KiB per connection.
-            kind = "asyncio"
-        loop = new_event_loop(kind)
-        self._uvloop_tls = self.ssl_context is not None and kind == "uvloop"
-        if self._uvloop_tls:
-            log.warning("TLS on uvloop: failed handshakes are closed but not logged")
+        loop = new_event_loop(self.config.loop)
         if self.mode == "thread":
             self.executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.config.threads, thread_name_prefix="bingfa-handler"
@@ -448,18 +509,10 @@ class AsyncioServer(BaseServer):
         stats_task = None
         if self.config.stats_interval:
             stats_task = loop.create_task(self._report_every(self.config.stats_interval))
-        if self.ssl_context is None or self._uvloop_tls:
-            server = await loop.create_server(
-                lambda: _Connection(self),
-                sock=listener,
-                backlog=self.config.backlog,
-                ssl=self.ssl_context,
-                ssl_handshake_timeout=self.config.handshake_timeout if self.ssl_context else None,
-            )
-        else:
-            server = await loop.create_server(
-                lambda: _TlsAcceptor(self), sock=listener, backlog=self.config.backlog
-            )
+        factory: Any = _Connection if self.ssl_context is None else _TlsConnection
+        server = await loop.create_server(
+            lambda: factory(self), sock=listener, backlog=self.config.backlog
+        )
         try:
             if not self.stopping:
                 await self._stop.wait()
