@@ -117,3 +117,29 @@ def test_demo_self_check_passes() -> None:
     for model in ("thread", "threadpool", "gevent", "asyncio"):
         assert model in result.stdout
     assert "FAILED" not in result.stdout
+
+
+def test_send_udp(spawn_server: Any) -> None:
+    server = spawn_server("upper", "asyncio", udp=True)
+    result = run("send", "--udp", f"{server.host}:{server.port}", "dgram", "two")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["DGRAM", "TWO"]
+
+
+def test_send_tls_with_cafile(spawn_server: Any, tmp_path: Any) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    cert = tmp_path / "server.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(cert))
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    server = spawn_server("upper", "thread", certfile=str(cert))
+    address = f"{server.host}:{server.port}"
+    ok = run("send", "--tls", "--cafile", str(cafile), address, "secret")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == "SECRET\n"
+    untrusted = run("send", "--tls", address, "secret")  # the system CAs do not know trustme
+    assert untrusted.returncode == 1
+    assert "certificate verify failed" in untrusted.stderr
+    assert "Traceback" not in untrusted.stderr
