@@ -116,7 +116,8 @@ class FrameCodec(Codec):
             if n >= _HEADER_SIZE:
                 (size,) = _HEADER.unpack_from(data)
                 if size + _HEADER_SIZE == n and size <= limit:
-                    return [bytes(data[_HEADER_SIZE:])]
+                    payload = data[_HEADER_SIZE:]
+                    return [payload if payload.__class__ is bytes else bytes(payload)]
             elif n == 0:
                 return []
         buf += data
@@ -233,7 +234,7 @@ class RawCodec(Codec):
             return []
         if len(data) > self.max_frame_size:
             raise FrameTooLarge(len(data), self.max_frame_size)
-        return [bytes(data)]
+        return [data if data.__class__ is bytes else bytes(data)]
 
     def encode(self, message: bytes) -> bytes:
         if len(message) > self.max_frame_size:

@@ -66,6 +66,7 @@ def serve_connection(
     encode = codec.encode
     recv = sock.recv
     sendall = sock.sendall
+    send = sock.send
     idle = server.config.idle_timeout
     timed = server.config.request_timeout is not None
     now = time.monotonic
@@ -107,6 +108,27 @@ def serve_connection(
                     log.warning("closing connection from %s: %s", peer, fault.reason)
                     stats.error()
                     return
+                continue
+            if fault is None and not timed and len(messages) == 1:
+                # The request/response fast path: one request, one reply; no list, no join.
+                try:
+                    reply = call(messages[0], ctx)
+                    conn.requests += 1
+                    out = None if reply is None else encode(reply)
+                except Exception:
+                    stats.error()
+                    log.exception("handler %s failed for %s; closing", server.app.name, peer)
+                    return
+                if out is not None:
+                    # One send() usually takes a small reply whole; sendall() only for the rest.
+                    # (gevent's sendall is Python code with a getsockopt() syscall per call.)
+                    sent = send(out)
+                    if sent != len(out):
+                        sendall(memoryview(out)[sent:])
+                    conn.bytes_out += len(out)
+                if idle is not None:
+                    last_request = now()
+                    sock.settimeout(idle)
                 continue
             replies: list[bytes] = []
             try:
