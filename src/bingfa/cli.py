@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -253,6 +254,11 @@ def serve(
     except BingfaError as exc:
         fail(exc)
         return
+    # Until serve() installs the model's own handlers: a SIGTERM right after the listening
+    # line must still stop cleanly, and a supervisor's early SIGUSR1 must not kill a worker.
+    signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
+    signal.signal(signal.SIGINT, lambda *_: server.shutdown())
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     transport = "udp" if udp else ("tls" if certfile else protocol)
     announce(bound_host, bound_port, f"app={server.app.name} model={model} protocol={transport}")
     run(server)

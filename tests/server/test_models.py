@@ -22,9 +22,26 @@ from bingfa import Client, ConnectionClosed
 from bingfa.server import MODELS
 from bingfa.spawn import ServerProcess
 
-MODEL_PARAMS = [pytest.param(m, id=m) for m in MODELS]
+MODEL_PARAMS = [pytest.param(m, id=m) for m in MODELS] + [
+    pytest.param(f"{m}:workers=2", id=f"{m}-workers2")
+    for m in ("thread", "threadpool", "asyncio", "gevent")
+]
 
 pytestmark = pytest.mark.parametrize("model", MODEL_PARAMS)
+
+
+@pytest.fixture
+def spawn_server(spawn_server: Any) -> Any:
+    """The conftest factory, reading ``MODEL:workers=N`` params as ``--workers N``."""
+
+    def start(app: str = "echo", model: str = "thread", **options: Any) -> ServerProcess:
+        name, _, workers = model.partition(":workers=")
+        if workers:
+            options.setdefault("workers", int(workers))
+        server: ServerProcess = spawn_server(app, name, **options)
+        return server
+
+    return start
 
 
 def frame(payload: bytes) -> bytes:
@@ -134,10 +151,11 @@ def test_eight_mib_frame(spawn_server: Any, model: str) -> None:
 
 def test_connection_context_state_is_per_connection(spawn_server: Any, model: str) -> None:
     server = spawn_server("bingfa_testapps:counter", model)
+    name = model.partition(":")[0].encode()
     with Client(*server.address) as a, Client(*server.address) as b:
-        assert a.request(b"") == b"1 " + model.encode()
-        assert a.request(b"") == b"2 " + model.encode()
-        assert b.request(b"") == b"1 " + model.encode()
+        assert a.request(b"") == b"1 " + name
+        assert a.request(b"") == b"2 " + name
+        assert b.request(b"") == b"1 " + name
 
 
 def test_async_handler(spawn_server: Any, model: str) -> None:
@@ -288,7 +306,11 @@ def test_slow_reader_cannot_grow_server_memory(spawn_server: Any, model: str) ->
     server = spawn_server("echo", model)
     proc = psutil.Process(server.pid)
     assert_serving(server)
-    rss_before = proc.memory_info().rss
+
+    def rss() -> int:  # the server with its workers/children
+        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+
+    rss_before = rss()
     chunk = frame(b"y" * (1 << 20))
     sent = 0
     with connect(server, timeout=2) as hog:
@@ -301,7 +323,7 @@ def test_slow_reader_cannot_grow_server_memory(spawn_server: Any, model: str) ->
             pass
         assert sent < 200, "the server accepted 200 MiB from a client that never reads"
         assert_serving(server)  # others are still served meanwhile
-        growth = proc.memory_info().rss - rss_before
+        growth = rss() - rss_before
     assert growth < 64 * 1024 * 1024, f"server RSS grew by {growth / 2**20:.0f} MiB"
 
 

@@ -93,3 +93,15 @@ def test_client_side_errors(spawn_server: Any, model: str) -> None:
             client.request(b"nobody", timeout=0.2, retries=1)
         with pytest.raises(MessageTooLarge):
             client.request(b"z" * 70000)
+
+
+def test_workers_share_the_socket(spawn_server: Any, model: str) -> None:
+    """--udp --workers 2: worker processes (not the supervisor) answer from the shared socket."""
+    import psutil
+
+    server = spawn_server("bingfa_testapps:pid", model, udp=True, workers=2)
+    workers = {p.pid for p in psutil.Process(server.pid).children()}
+    assert len(workers) == 2
+    with UdpClient(*server.address) as client:
+        pids = {int(client.request(b"%d" % i, timeout=0.5, retries=5)) for i in range(200)}
+    assert pids and pids <= workers
