@@ -173,6 +173,13 @@ def format_address(host: str, port: int) -> str:
     default=None,
     help="TLS: require client certificates signed by these CAs (mutual TLS).",
 )
+@env_option(
+    "--reuse-port",
+    is_flag=True,
+    default=False,
+    help="With --workers: each worker listens on its own SO_REUSEPORT socket (connections "
+    "spread evenly by hash) instead of all accepting from one shared socket.",
+)
 @click.option("--listen-fd", type=int, default=None, hidden=True)
 @env_option("--log-level", type=LOG_LEVELS, default="info", help="Logging threshold (stderr).")
 def serve(
@@ -198,6 +205,7 @@ def serve(
     certfile: str | None,
     keyfile: str | None,
     ca_certs: str | None,
+    reuse_port: bool,
     listen_fd: int | None,
     log_level: str,
 ) -> None:
@@ -234,6 +242,7 @@ def serve(
         "certfile": certfile,
         "keyfile": keyfile,
         "ca_certs": ca_certs,
+        "reuse_port": reuse_port,
     }
     try:
         n_workers = parse_workers(workers)

@@ -398,3 +398,17 @@ def test_workers_exit_when_the_supervisor_is_killed() -> None:
                     pass
     with pytest.raises(OSError):
         socket.create_connection(server.address, timeout=2).close()
+
+
+def test_reuse_port_spreads_persistent_connections(spawn_server: Any) -> None:
+    """--reuse-port: each worker listens on its own SO_REUSEPORT socket, so even connections
+    opened one after another reach both workers (the kernel hashes them; with a shared socket
+    the worker that happens to be awake tends to take them all)."""
+    server = spawn_server("bingfa_testapps:pid", "asyncio", workers=2, reuse_port=True)
+    clients = [Client(*server.address) for _ in range(40)]
+    try:
+        pids = {c.request(b"x") for c in clients}
+    finally:
+        for c in clients:
+            c.close()
+    assert len(pids) == 2  # all 40 on one worker: probability 2**-39 with an even hash

@@ -62,6 +62,9 @@ class ServerConfig:
         stats_interval: log the counters every this many seconds. None: never.
         listen_fd: serve on this inherited, already-listening socket instead of binding
             (used by the supervisor of worker processes).
+        reuse_port: with worker processes, each worker listens on its own ``SO_REUSEPORT``
+            socket (the kernel spreads connections evenly by hash) instead of all accepting
+            from one shared socket (see docs/workers.md for the trade-off). TCP only.
         udp: serve datagrams instead of TCP connections (models thread, gevent, asyncio).
         max_datagram_size: UDP only: larger datagrams are counted, logged and dropped.
         certfile, keyfile: TCP only: serve TLS with this certificate chain and private key.
@@ -85,6 +88,7 @@ class ServerConfig:
     offload_workers: int | None = None
     stats_interval: float | None = None
     listen_fd: int | None = None
+    reuse_port: bool = False
     udp: bool = False
     max_datagram_size: int = 65507
     certfile: str | None = None
@@ -115,6 +119,8 @@ class ServerConfig:
             raise UsageError(f"max_datagram_size must be in 1..65535, got {self.max_datagram_size}")
         if (self.keyfile or self.ca_certs) and not self.certfile:
             raise UsageError("--keyfile and --ca-certs need --certfile")
+        if self.udp and self.reuse_port:
+            raise UsageError("--reuse-port is for TCP workers")
         if self.udp and self.certfile:
             raise UsageError("TLS is for TCP; UDP datagrams are served in the clear (see docs)")
         make_codec(self.protocol, self.max_frame_size)  # validates max_frame_size
@@ -138,9 +144,18 @@ class ServerConfig:
         return context
 
 
-def make_listener(host: str, port: int, backlog: int, udp: bool = False) -> socket.socket:
+def make_listener(
+    host: str,
+    port: int,
+    backlog: int,
+    udp: bool = False,
+    reuse_port: bool = False,
+    listen: bool = True,
+) -> socket.socket:
     """Create, bind and listen a TCP socket (IPv4 or IPv6 by ``host``), or bind a UDP socket
-    with ``udp``. The caller owns it.
+    with ``udp``. ``reuse_port`` sets ``SO_REUSEPORT`` (several sockets share the port, the
+    kernel spreads connections by hash); ``listen=False`` only binds (reserves the port).
+    The caller owns the socket.
 
     Raises:
         NetworkError: the address cannot be bound (in use, not local, ...).
@@ -154,8 +169,10 @@ def make_listener(host: str, port: int, backlog: int, udp: bool = False) -> sock
     sock = socket.socket(family, type_, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(addr)
-        if not udp:
+        if listen and not udp:
             sock.listen(backlog)
     except OSError as exc:
         sock.close()
@@ -319,7 +336,13 @@ class BaseServer(ABC):
         """
         if self._listener is None:
             cfg = self.config
-            if cfg.listen_fd is not None:
+            if cfg.listen_fd is not None and cfg.reuse_port:
+                # A worker with --reuse-port: the supervisor's socket only reserves the port;
+                # this worker listens on a socket of its own in the SO_REUSEPORT group.
+                with socket.socket(fileno=cfg.listen_fd) as reserved:
+                    host, port = reserved.getsockname()[:2]
+                self._listener = make_listener(host, port, cfg.backlog, reuse_port=True)
+            elif cfg.listen_fd is not None:
                 self._listener = socket.socket(fileno=cfg.listen_fd)
             else:
                 self._listener = make_listener(cfg.host, cfg.port, cfg.backlog, cfg.udp)

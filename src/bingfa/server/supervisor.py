@@ -284,7 +284,16 @@ class Supervisor:
         """
         if self._listener is None:
             cfg = self.config
-            self._listener = make_listener(cfg.host, cfg.port, cfg.backlog, cfg.udp)
+            # With reuse_port the supervisor only reserves the port (bound, not listening, so
+            # the kernel never routes a connection to it); each worker listens on its own.
+            self._listener = make_listener(
+                cfg.host,
+                cfg.port,
+                cfg.backlog,
+                cfg.udp,
+                reuse_port=cfg.reuse_port,
+                listen=not cfg.reuse_port,
+            )
         address = self._listener.getsockname()[:2]
         if not self._started:
             self._started = True
