@@ -403,3 +403,13 @@ def demo(clients: int, requests: int) -> None:
     from bingfa.selfcheck import run_selfcheck
 
     sys.exit(run_selfcheck(clients=clients, requests=requests))
+
+
+def _register_subcommands() -> None:
+    """Commands that live with their features; imported lazily by click at registration."""
+    from bingfa.locks.cli import locks_command
+
+    cli.add_command(locks_command)
+
+
+_register_subcommands()
