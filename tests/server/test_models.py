@@ -356,3 +356,18 @@ def test_sigint_exits_zero(spawn_server: Any, model: str) -> None:
     assert_serving(server)
     server.signal(2)
     assert server.wait(10) == 0
+
+
+def test_sigterm_answers_a_request_still_unread(spawn_server: Any, model: str) -> None:
+    """A request that arrived while its connection was busy, and still waits unread in the
+    kernel at SIGTERM, is answered too — shutting the socket for reading would drop it."""
+    server = spawn_server("sleep", model)
+    with Client(*server.address) as client:
+        client.send(b"400")
+        time.sleep(0.15)  # the first request is being handled
+        client.send(b"1")  # waits in the kernel buffer behind it
+        time.sleep(0.05)
+        server.signal(15)
+        assert client.recv() == b"400"
+        assert client.recv() == b"1"
+    assert server.wait(10) == 0

@@ -18,7 +18,14 @@ from typing import Any
 
 from bingfa.apps import Context, SyncHandler
 from bingfa.errors import ProtocolError
-from bingfa.server.base import RECV_SIZE, BaseServer, ConnStats, shutdown_socket
+from bingfa.server.base import (
+    RECV_SIZE,
+    BaseServer,
+    ConnStats,
+    has_unread,
+    shutdown_socket,
+    stop_reading,
+)
 
 log = logging.getLogger("bingfa.server")
 
@@ -126,6 +133,8 @@ def serve_connection(
                     if sent != len(out):
                         sendall(memoryview(out)[sent:])
                     conn.bytes_out += len(out)
+                if server.draining and not has_unread(sock):
+                    return  # shutting down: answered all that was asked
                 if idle is not None:
                     last_request = now()
                     sock.settimeout(idle)
@@ -158,6 +167,8 @@ def serve_connection(
             if fault is not None:
                 log.warning("closing connection from %s: %s", peer, fault.reason)
                 stats.error()
+                return
+            if server.draining and not has_unread(sock):
                 return
             if idle is not None:
                 last_request = now()
@@ -360,7 +371,10 @@ class BlockingServer(BaseServer):
             socks = [c.sock for c in self._conn_stats.values() if c.sock is not None]
             socks += [s for s in self._conns if s not in self._conn_stats]
         for sock in socks:
-            shutdown_socket(sock, how)
+            if how == socket.SHUT_RD:
+                stop_reading(sock)
+            else:
+                shutdown_socket(sock, how)
 
     def _join(self, threads: list[threading.Thread]) -> None:
         """Wait for ``threads`` to end: first gently, then by forcing their sockets shut."""

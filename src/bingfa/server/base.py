@@ -8,6 +8,8 @@ configuration, logging and the connection count live here, once.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import json
 import logging
 import os
@@ -15,6 +17,7 @@ import socket
 import ssl
 import struct
 import sys
+import termios
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -293,6 +296,26 @@ def shutdown_socket(sock: socket.socket, how: int) -> None:
         pass
 
 
+def has_unread(sock: socket.socket) -> bool:
+    """True when bytes the peer sent wait unread in the kernel (a request not yet taken)."""
+    # FIONREAD on the descriptor: works for plain, TLS and gevent sockets alike, never blocks.
+    try:
+        count = array.array("i", [0])
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+    except (OSError, ValueError):
+        return False
+    return count[0] > 0
+
+
+def stop_reading(sock: socket.socket) -> None:
+    """Graceful-shutdown step for one connection: ``SHUT_RD`` wakes a thread blocked in
+    ``recv`` with EOF, while its replies can still go out. Skipped while a request waits
+    unread — shutting down then would discard it (and reset the connection); the serving
+    loop answers it and then stops by itself (see ``BaseServer.draining``)."""
+    if not has_unread(sock):
+        shutdown_socket(sock, socket.SHUT_RD)
+
+
 def refuse_connection(sock: socket.socket) -> None:
     """Close an accepted connection at once with a TCP reset (SO_LINGER 0): over the limit."""
     try:
@@ -321,6 +344,8 @@ class BaseServer(ABC):
         self.config = config or ServerConfig(**options)
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
+        # A plain bool the connection loops read after each reply (cheaper than the Event).
+        self.draining = False
         self._served = False
         self.stats = ServerStats()
         self._last_refusal_log = 0.0
@@ -402,6 +427,7 @@ class BaseServer(ABC):
         """Ask :meth:`serve_forever` to stop. Safe from any thread and from signal handlers;
         idempotent; returns at once (``serve_forever`` returns once everything is closed)."""
         if not self._stopping.is_set():
+            self.draining = True
             self._stopping.set()
             self._wake()
 

@@ -50,7 +50,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from bingfa.server._blocking import BlockingServer, serve_connection
-from bingfa.server.base import ConnStats, ServerStats
+from bingfa.server.base import ConnStats, ServerStats, stop_reading
 
 __all__ = ["ForkServer"]
 
@@ -364,9 +364,11 @@ class ForkServer(BlockingServer):
         self.stats = _ChildStats(self._fork_stats.view, slot)
 
         def drain(signum: int, frame: FrameType | None) -> None:
-            # Finish the request in progress, send its reply, then see EOF and exit 0.
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RD)
+            # Finish the request in progress (or the one waiting unread), send its reply, then
+            # stop: serve_connection checks `draining` after each reply. conn_stats.sock is the
+            # TLS socket after a handshake.
+            self.draining = True
+            stop_reading(conn_stats.sock or conn)
 
         signal.signal(signal.SIGTERM, drain)
         signal.signal(signal.SIGINT, drain)

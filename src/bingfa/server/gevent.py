@@ -29,7 +29,7 @@ from typing import Any
 from bingfa.apps import SyncHandler
 from bingfa.errors import UsageError
 from bingfa.server._blocking import serve_connection
-from bingfa.server.base import BaseServer, ConnStats, shutdown_socket
+from bingfa.server.base import BaseServer, ConnStats, stop_reading
 
 __all__ = ["GeventServer", "RequestTimedOut", "is_patched", "patch"]
 
@@ -161,7 +161,7 @@ class GeventServer(BaseServer):
             # Shut down reading: idle connections end at once, in-flight replies still go out.
             for conn in list(self._conns):
                 if conn.sock is not None:
-                    shutdown_socket(conn.sock, socket.SHUT_RD)
+                    stop_reading(conn.sock)
             if not pool.join(timeout=self.config.graceful_timeout):
                 pool.kill(timeout=1.0)
         finally:
