@@ -13,6 +13,8 @@ import sys
 
 def wants_gevent(argv: list[str]) -> bool:
     """True when ``argv`` (or ``BINGFA_MODEL``) selects the gevent model for ``serve``."""
+    if "serve" not in argv:
+        return False
     for i, arg in enumerate(argv):
         if arg == "--model" and i + 1 < len(argv):
             return argv[i + 1] == "gevent"

@@ -408,8 +408,10 @@ def demo(clients: int, requests: int) -> None:
 def _register_subcommands() -> None:
     """Commands that live with their features; imported lazily by click at registration."""
     from bingfa.locks.cli import locks_command
+    from bingfa.pipeline.cli import worker_command
 
     cli.add_command(locks_command)
+    cli.add_command(worker_command)
 
 
 _register_subcommands()
