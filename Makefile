@@ -13,8 +13,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,dask,redis]'
 	touch $(STAMP)
 
+# The main job: which concurrency model wins for which workload, measured here.
 demo: $(STAMP)
-	$(BIN)/bingfa demo
+	$(BIN)/bingfa compare --quick --report bingfa-report/compare.md \
+		--plot bingfa-report/compare.png --json bingfa-report/compare.json
 
 test: lint typecheck pytest
 
@@ -29,7 +31,13 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/server_cpu.py
+	$(BIN)/python benchmarks/bench_workers.py
+	$(BIN)/python benchmarks/tls_memory.py
+	$(BIN)/python benchmarks/bench_generator.py
+	$(BIN)/python benchmarks/bench_executor.py
+	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_locks.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

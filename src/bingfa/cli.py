@@ -63,7 +63,9 @@ def cli() -> None:
     Quick start:
       bingfa serve upper --model gevent --port 8086
       bingfa send 127.0.0.1:8086 hello world
-      bingfa demo
+      bingfa bench 127.0.0.1:8086 --connections 50 --duration 5
+      bingfa compare --quick        # which model wins, on this machine
+      bingfa demo                   # self-check under every model
     """
 
 
@@ -407,11 +409,12 @@ def demo(clients: int, requests: int) -> None:
 
 def _register_subcommands() -> None:
     """Commands that live with their features; imported lazily by click at registration."""
+    from bingfa.bench.cli import bench_command, compare_command
     from bingfa.locks.cli import locks_command
     from bingfa.pipeline.cli import worker_command
 
-    cli.add_command(locks_command)
-    cli.add_command(worker_command)
+    for command in (bench_command, compare_command, locks_command, worker_command):
+        cli.add_command(command)
 
 
 _register_subcommands()
