@@ -215,3 +215,22 @@ def test_offload_process_keeps_the_loop_responsive(spawn_server: Any) -> None:
                 assert psutil.Process(server.pid).children(recursive=True)
     assert latencies["process"] < 0.25, latencies
     assert latencies["none"] > 0.25, latencies
+
+
+def test_threadpool_shutdown_answers_queued_requests(spawn_server: Any) -> None:
+    """A connection still queued for a worker at SIGTERM is answered if it already sent its
+    request (and closed if it sent nothing), not dropped."""
+    server = spawn_server("sleep", "threadpool", threads=1)
+    with (
+        Client(*server.address) as busy,
+        Client(*server.address) as queued,
+        socket.create_connection(server.address) as silent,
+    ):
+        busy.send(b"300")
+        queued.send(b"1")  # waits in the pool's queue: the only worker is busy
+        time.sleep(0.1)
+        server.signal(15)
+        assert busy.recv() == b"300"
+        assert queued.recv() == b"1"
+        assert eof_within(silent, 5) < 5
+    assert server.wait(10) == 0

@@ -60,6 +60,9 @@ def serve_connection(
     """
     if conn is None:
         conn = ConnStats(peer, sock)
+    if server.draining and not has_unread(sock):
+        sock.close()  # shutting down and nothing was asked on it yet (a queued connection)
+        return
     stats = server.stats
     if server.ssl_context is not None:
         tls = _handshake(server, sock, peer)

@@ -40,16 +40,9 @@ class ThreadPoolServer(BlockingServer):
         try:
             self._accept_loop(listener)
         finally:
-            # Connections still waiting for a worker are closed unserved.
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not None:
-                    with self._conns_lock:
-                        self._conns.pop(item[0], None)
-                    item[0].close()
+            # Queued connections come first (FIFO): each is answered if its request already
+            # arrived, closed otherwise (serve_connection, while draining), within the
+            # graceful timeout of _join.
             for _ in workers:
                 self._queue.put(None)
             self._join(workers)
@@ -67,9 +60,4 @@ class ThreadPoolServer(BlockingServer):
             item = get()
             if item is None:
                 return
-            if self.stopping:
-                with self._conns_lock:
-                    self._conns.pop(item[0], None)
-                item[0].close()
-                continue
             self._serve_tracked(*item)
