@@ -1,0 +1,348 @@
+"""The map driver: lazy, bounded, auto-chunked ``map`` over any backend.
+
+It pulls items from the iterable only as the in-flight window frees up (so an infinite or huge
+iterable is never consumed up front), groups them into batch jobs whose size adapts to the
+measured cost per item, and yields results in input order (or completion order). The first
+failing item's exception is raised when its turn comes, and the run stops (the rest is
+cancelled), like ``concurrent.futures``. Items a dead worker never started are resubmitted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import CancelledError, Future
+from typing import Any, Literal
+
+from bingfa.errors import Timeout, UsageError
+from bingfa.executor._backend import Backend
+from bingfa.executor._jobs import BatchResult, Job
+from bingfa.executor._progress import NullProgress, Progress
+
+__all__ = ["Chunker", "Chunksize", "MapRun"]
+
+Chunksize = int | Literal["auto"]
+
+#: largest auto chunk
+MAX_CHUNK = 16384
+
+
+class Chunker:
+    """Chooses batch sizes.
+
+    * fixed ``chunksize``: always that;
+    * a per-task timeout: 1 (a timeout applies to one call, so calls are sent one by one);
+    * items of a batch run concurrently (coroutines, greenlets): ``parallelism // 8``, so a
+      window holds ~16 batches - or more once batches report that items are so cheap that a
+      batch is done in less than ``target`` (tiny tasks: fewer, bigger batches);
+    * otherwise adaptive: 1 until the first batch reports how long its items took, then
+      ``target / seconds-per-item`` (an exponential moving average), capped by
+      :data:`MAX_CHUNK` and, when the length is known, by ``total / (4 * parallelism)``
+      (multiprocessing.Pool's default) so the tail is balanced.
+    """
+
+    def __init__(
+        self,
+        chunksize: Chunksize,
+        target: float,
+        parallelism: int,
+        concurrent_items: bool,
+        total: int | None,
+        timeout: float | None,
+    ) -> None:
+        if chunksize != "auto" and (not isinstance(chunksize, int) or chunksize < 1):
+            raise UsageError(f"chunksize must be a positive int or 'auto', not {chunksize!r}")
+        if timeout is not None and chunksize not in ("auto", 1):
+            raise UsageError("a per-task timeout needs chunksize=1 (or 'auto')")
+        self.fixed: int | None = None if chunksize == "auto" else int(chunksize)
+        if timeout is not None:
+            self.fixed = 1
+        self.target = target
+        self.parallelism = max(1, parallelism)
+        self.concurrent = concurrent_items
+        self.cap = MAX_CHUNK
+        if total is not None and total > 0 and not concurrent_items:
+            self.cap = max(1, min(MAX_CHUNK, total // (4 * self.parallelism)))
+        self.per_item: float | None = None
+
+    def next_size(self) -> int:
+        """Size of the next batch."""
+        if self.fixed is not None:
+            return self.fixed
+        if self.concurrent:
+            base = max(1, min(self.cap, self.parallelism // 8))
+            if self.per_item is None:
+                return base
+            return max(base, min(self.cap, round(self.target / max(self.per_item, 1e-7))))
+        if self.per_item is None:
+            return 1
+        return max(1, min(self.cap, round(self.target / max(self.per_item, 1e-7))))
+
+    def observe(self, n: int, elapsed: float) -> None:
+        """A batch of ``n`` items took ``elapsed`` seconds of work."""
+        if n <= 0 or elapsed <= 0:
+            return
+        per = elapsed / n
+        self.per_item = per if self.per_item is None else 0.7 * self.per_item + 0.3 * per
+
+
+class _Entry:
+    """One batch of consecutive items: what is known of their results, and the job running
+    the rest (after a worker died, only the items it never started)."""
+
+    __slots__ = ("errors", "future", "items", "offset", "values")
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+        self.values: list[Any] = []
+        self.errors: dict[int, Any] = {}
+        self.offset = 0  # items[offset:] are what ``future`` runs
+        self.future: Future[Any] | None = None
+
+
+class MapRun(Iterator[Any]):
+    """An iterator over ``fn`` applied to the items of ``items_iter`` on ``backend``.
+
+    The first window of batches is submitted at construction; the rest as the caller iterates.
+    Close it (or exhaust it, or drop it) to cancel what is still queued; it does not own the
+    backend. Iterating it (``for``/``list``) goes straight to an internal generator that hands
+    out each finished batch with ``yield from``, so the per-item cost is C-level. The generator
+    does not refer back to this object, so dropping the iterator (``break`` out of a loop over
+    ``ex.map(...)``) cancels the queued work at once.
+
+    Args:
+        backend: where to run.
+        fn: the function.
+        items_iter: the items: single arguments (``star=False``) or argument tuples.
+        star: call ``fn(*item)`` instead of ``fn(item)``.
+        ordered: yield in input order (else in completion order).
+        chunksize: ``"auto"`` or a fixed batch size.
+        task_timeout: per-call timeout that stops a running call, or ``None``.
+        deadline: ``time.monotonic()`` by which each next result must be available
+            (``Executor.map``'s ``timeout``), or ``None``.
+        progress: progress display (owned: closed with the run).
+        total: number of items if known (for chunk caps).
+        window: maximum number of calls in flight (default: from the backend's parallelism).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        fn: Callable[..., Any],
+        items_iter: Iterator[Any],
+        *,
+        star: bool = False,
+        ordered: bool = True,
+        chunksize: Chunksize = "auto",
+        task_timeout: float | None = None,
+        deadline: float | None = None,
+        progress: Progress | None = None,
+        total: int | None = None,
+        window: int | None = None,
+    ) -> None:
+        self._state = _MapState(
+            backend, fn, items_iter, star, ordered, task_timeout, deadline, progress
+        )
+        try:
+            self._state.configure(chunksize, total, window)
+            self._gen: Generator[Any, None, None] = _results(self._state)
+            self._state.fill()
+        except BaseException:
+            self._state.cleanup()
+            raise
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._gen
+
+    def __next__(self) -> Any:
+        return next(self._gen)
+
+    @property
+    def chunker(self) -> Chunker:
+        """The batch sizer (exposes the measured cost per item)."""
+        return self._state.chunker
+
+    def close(self) -> None:
+        """Cancel everything queued; stop the progress display. Idempotent."""
+        gen = getattr(self, "_gen", None)
+        if gen is not None:
+            try:
+                gen.close()
+            except ValueError:  # "generator already executing": closed from another thread
+                pass
+        self._state.cleanup()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _results(state: _MapState) -> Generator[Any, None, None]:
+    """The results, batch by batch; raises the first failure; cleans up however it ends."""
+    try:
+        while state.inflight:
+            entry = state.step()
+            if entry is None:
+                continue
+            if entry.errors:
+                first = min(entry.errors)
+                yield from entry.values[:first]
+                raise entry.errors[first]
+            yield from entry.values
+    finally:
+        state.cleanup()
+
+
+class _MapState:
+    """Everything a map run knows; shared by :class:`MapRun` and its generator."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        fn: Callable[..., Any],
+        items_iter: Iterator[Any],
+        star: bool,
+        ordered: bool,
+        task_timeout: float | None,
+        deadline: float | None,
+        progress: Progress | None,
+    ) -> None:
+        self.backend = backend
+        self.fn = fn
+        self.it = items_iter
+        self.star = star
+        self.ordered = ordered
+        self.timeout = task_timeout
+        self.deadline = deadline
+        self.progress: Progress = progress or NullProgress()
+        self.closed = False
+        self.inflight: deque[_Entry] = deque()
+        self.inflight_items = 0
+        self.completed: queue.SimpleQueue[_Entry] = queue.SimpleQueue()
+        self.exhausted = False
+
+    def configure(self, chunksize: Chunksize, total: int | None, window: int | None) -> None:
+        backend, fn = self.backend, self.fn
+        par = max(1, backend.parallelism(fn))
+        concurrent = backend.batch_items_concurrent(fn)
+        self.chunker = Chunker(
+            chunksize, backend.chunk_target, par, concurrent, total, self.timeout
+        )
+        if window is not None and window < 1:
+            raise UsageError("window must be >= 1")
+        if concurrent:
+            self.max_items = window or 2 * par
+            self.max_batches = 1 << 30
+        else:
+            self.max_items = window or (1 << 62)
+            self.max_batches = 2 * par + 2
+
+    def cleanup(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for e in self.inflight:
+            if e.future is not None:
+                e.future.cancel()
+        self.inflight.clear()
+        self.progress.close()
+
+    def fill(self) -> None:
+        while not self.exhausted and len(self.inflight) < self.max_batches:
+            n = self.chunker.next_size()
+            if self.max_items < (1 << 62):  # concurrent items: bound the calls in flight
+                limit = max(self.max_items, 4 * n)  # (at least 4 batches of cheap items)
+                if self.inflight_items >= limit:
+                    break
+                n = max(1, min(n, limit - self.inflight_items))
+            elif self.inflight_items >= self.max_items:
+                break
+            batch = list(itertools.islice(self.it, n))
+            if len(batch) < n:
+                self.exhausted = True
+            if not batch:
+                break
+            entry = _Entry(batch)
+            self.inflight.append(entry)
+            self.inflight_items += len(batch)
+            self.submit(entry)
+
+    def submit(self, entry: _Entry) -> None:
+        items = entry.items if entry.offset == 0 else entry.items[entry.offset :]
+        job = Job(self.fn, items, self.star, None, single=False, timeout=self.timeout)
+        entry.future = job.future
+        progress = self.progress
+        completed = self.completed
+
+        def on_done(fut: Future[Any]) -> None:
+            if not fut.cancelled() and fut.exception() is None:
+                res = fut.result()
+                ran = res.not_run_from if res.not_run_from is not None else len(res.values)
+                progress.advance(ran)
+            completed.put(entry)
+
+        job.future.add_done_callback(on_done)
+        self.backend.submit_job(job)
+
+    def remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise Timeout("map: the next result was not ready in time", None)
+        return left
+
+    def step(self) -> _Entry | None:
+        """Wait for a batch to finish. Returns it when all its items are settled (removed from
+        the window, which is refilled); ``None`` if items a dead worker never started were
+        resubmitted."""
+        if self.ordered:
+            entry = self.inflight[0]
+            fut = entry.future
+            assert fut is not None
+            try:
+                fut.result(self.remaining())
+            except TimeoutError as exc:
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    raise Timeout("map: the next result was not ready in time", None) from exc
+                raise
+            except CancelledError:
+                raise
+            except Exception:
+                pass
+        else:
+            while True:
+                try:
+                    entry = self.completed.get(timeout=self.remaining())
+                except queue.Empty:
+                    raise Timeout("map: the next result was not ready in time", None) from None
+                if entry.future is not None and entry.future.done() and entry in self.inflight:
+                    break
+        fut = entry.future
+        assert fut is not None
+        res = fut.result()  # raises if the whole batch failed (e.g. could not be pickled)
+        assert isinstance(res, BatchResult)
+        ran = len(res.values) if res.not_run_from is None else res.not_run_from
+        self.chunker.observe(ran, res.elapsed)
+        base = entry.offset
+        if res.errors:
+            for k, e in res.errors.items():
+                if k < ran:
+                    entry.errors[base + k] = e
+        entry.values.extend(res.values if ran == len(res.values) else res.values[:ran])
+        if res.not_run_from is not None:  # a worker died before starting these: run again
+            entry.offset = base + ran
+            self.submit(entry)
+            return None
+        if self.ordered:
+            self.inflight.popleft()
+        else:
+            self.inflight.remove(entry)
+        self.inflight_items -= len(entry.items)
+        self.fill()
+        return entry

@@ -1,0 +1,68 @@
+"""A single background thread that runs callbacks at deadlines (per-task timeouts)."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+__all__ = ["DeadlineTimer"]
+
+log = logging.getLogger("bingfa.executor")
+
+
+class DeadlineTimer:
+    """Run ``callback()`` at a monotonic deadline, in the timer's own daemon thread.
+
+    Started lazily on the first :meth:`call_at`; :meth:`close` stops it. Callbacks must be
+    quick and must not raise (errors are logged).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def call_at(self, deadline: float, callback: Callable[[], None]) -> None:
+        """Schedule ``callback`` at ``deadline`` (``time.monotonic()`` clock)."""
+        with self._cond:
+            if self._closed:
+                return
+            heapq.heappush(self._heap, (deadline, next(self._seq), callback))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is callback:
+                self._cond.notify()
+
+    def close(self) -> None:
+        """Drop pending callbacks and stop the thread (does not wait for it)."""
+        with self._cond:
+            self._closed = True
+            self._heap.clear()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed:
+                    if not self._heap:
+                        self._cond.wait()
+                        continue
+                    delay = self._heap[0][0] - time.monotonic()
+                    if delay <= 0:
+                        break
+                    self._cond.wait(delay)
+                if self._closed:
+                    return
+                _, _, callback = heapq.heappop(self._heap)
+            try:
+                callback()
+            except Exception:
+                log.exception("deadline callback failed")

@@ -1,0 +1,249 @@
+"""Code that runs inside a ``process``-model worker process (and helpers the other workers share).
+
+A process worker is single-threaded from the task's point of view: it reads one job, runs its
+calls one after another, writes the outcomes, and reads the next. Before each call it writes
+``(job id, first item, start time, end item)`` into a small shared-memory *slot*; the caller
+reads the slot to enforce per-task timeouts (kill the worker) and, if the worker dies, to tell
+the call that killed it from the calls it had finished or not yet started.
+
+Calls that take under :data:`GROUP_BELOW_S` are run in growing *groups* between two slot
+updates (``values.extend(map(fn, group))``), so tiny tasks cost about what
+``multiprocessing.Pool.map`` charges; the price is that a crash inside such a group cannot be
+pinned on one call: the whole group (well under a millisecond of work) fails.
+
+Workers ignore SIGINT (the caller owns Ctrl-C and stops them), and a watchdog thread exits the
+worker if the caller disappears (its *lifeline* pipe reaches end of file), so a worker never
+outlives its caller even while stuck in a long task.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import cloudpickle
+
+from bingfa.executor import _wire as wire
+from bingfa.executor._errors import wrap_exception
+from bingfa.executor._jobs import Errors, run_calls
+
+__all__ = [
+    "dump_error",
+    "dump_result",
+    "load_fn",
+    "process_worker",
+    "run_initializer",
+    "setup_worker",
+]
+
+# slot layout: [job id, first item of the running group or a state, monotonic start, end item]
+SLOT_IDLE = -3.0
+SLOT_LOADING = -1.0
+SLOT_REPORTING = -2.0
+#: a batch flushes a prefix of its outcomes after this long, so a crash loses little
+PARTIAL_FLUSH_S = 0.05
+#: calls faster than this are grouped between slot updates (a crash then fails the group)
+GROUP_BELOW_S = 0.0002
+
+
+def setup_worker(sys_path: Sequence[str], lifeline_fd: int | None) -> None:
+    """Common start-up: ignore SIGINT, adopt the caller's ``sys.path``, start the watchdog."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for p in reversed(sys_path):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    if lifeline_fd is not None:
+        threading.Thread(
+            target=_watch_lifeline, args=(lifeline_fd,), name="bingfa-lifeline", daemon=True
+        ).start()
+
+
+def _watch_lifeline(fd: int) -> None:
+    """Block until the caller's end of the lifeline closes, then exit at once."""
+    try:
+        while os.read(fd, 64):
+            pass
+    except OSError:
+        pass
+    os._exit(70)
+
+
+_fn_cache: dict[bytes, Callable[..., Any]] = {}
+
+
+def load_fn(blob: bytes) -> Callable[..., Any]:
+    """Unpickle a function blob made by ``_jobs.dumps_fn``; cached per blob."""
+    fn = _fn_cache.get(blob)
+    if fn is None:
+        fn = pickle.loads(blob)
+        if len(_fn_cache) > 256:
+            _fn_cache.clear()
+        _fn_cache[blob] = fn
+    return fn
+
+
+def dump_result(values: list[Any], errors: Errors) -> bytes:
+    """Pickle ``(values, errors)`` for the caller; a value that will not pickle becomes that
+    item's error. Never raises for a bad value: items are tried one by one (pickle, then
+    cloudpickle) only if the whole list fails."""
+    try:
+        return pickle.dumps((values, errors), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        pass
+    values = list(values)
+    errors = dict(errors or {})
+    for i, value in enumerate(values):
+        try:
+            pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            continue
+        except Exception:
+            pass
+        try:
+            cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            continue  # the final dumps below falls back to cloudpickle too
+        except Exception as exc:
+            err = pickle.PicklingError(f"the task's result could not be pickled: {exc!r}")
+            err.__cause__ = exc
+            errors[i] = wrap_exception(err)
+            values[i] = None
+    try:
+        return pickle.dumps((values, errors or None), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        blob: bytes = cloudpickle.dumps((values, errors or None), protocol=pickle.HIGHEST_PROTOCOL)
+        return blob
+
+
+def dump_error(exc: BaseException, where: str = "") -> bytes:
+    """Pickle one exception (with its traceback) as a one-item ``(values, errors)``."""
+    return dump_result([None], {0: wrap_exception(exc, where)})
+
+
+def _subset(errors: Errors, lo: int, hi: int) -> Errors:
+    if not errors:
+        return None
+    sub = {k: v for k, v in errors.items() if lo <= k < hi}
+    return sub or None
+
+
+def run_initializer(init_blob: bytes | None) -> None:
+    """Run the pickled ``(dumps_fn(initializer), initargs)``, if any."""
+    if init_blob is None:
+        return
+    fn_blob, initargs = pickle.loads(init_blob)
+    load_fn(fn_blob)(*initargs)
+
+
+def process_worker(
+    task_conn: Any,
+    result_conn: Any,
+    lifeline: Any,
+    slot: Any,
+    init_blob: bytes | None,
+    sys_path: list[str],
+) -> None:
+    """Main function of a ``process``-model worker (the target of a multiprocessing Process).
+
+    Args:
+        task_conn: read end of the task pipe (a multiprocessing Connection; its fd is used).
+        result_conn: write end of the result pipe.
+        lifeline: read end of the lifeline pipe; EOF means the caller is gone.
+        slot: a shared ``RawArray('d', 4)``; see the module docstring.
+        init_blob: pickled ``(initializer, initargs)`` or ``None``.
+        sys_path: the caller's ``sys.path``, so functions pickled by reference import here.
+    """
+    tfd = task_conn.fileno()
+    rfd = result_conn.fileno()
+    setup_worker(sys_path, lifeline.fileno())
+    pid = os.getpid()
+    where = f"pid {pid}"
+    try:
+        run_initializer(init_blob)
+    except BaseException as exc:
+        wire.write_frame(rfd, wire.K_INITFAIL + dump_error(exc, where))
+        return
+    wire.write_frame(rfd, wire.READY.pack(wire.K_READY, pid))
+    slot[1] = SLOT_IDLE
+    perf = time.perf_counter
+    mono = time.monotonic
+    on_error = functools.partial(wrap_exception, where=where)
+    reader = wire.BufferedFrameReader(tfd)
+    while True:
+        try:
+            body = reader.next()
+        except OSError:
+            return
+        if body is None or body[:1] == wire.K_STOP:
+            return
+        _, job_id = wire.JOB.unpack_from(body)
+        slot[0] = float(job_id)
+        slot[1] = SLOT_LOADING
+        try:
+            fn_blob, items, star, kwargs_list, _timeout = pickle.loads(
+                memoryview(body)[wire.JOB.size :]
+            )
+            fn = load_fn(fn_blob)
+        except BaseException as exc:
+            wire.write_frame(
+                rfd, wire.JOBFAIL.pack(wire.K_JOBFAIL, job_id) + dump_error(exc, where)
+            )
+            slot[1] = SLOT_IDLE
+            continue
+        del body
+        n = len(items)
+        if n == 1 and kwargs_list is None:  # a single call (submit): the short way
+            slot[3] = 1.0
+            slot[2] = mono()
+            slot[1] = 0.0
+            t0 = perf()
+            try:
+                single = [fn(*items[0]) if star else fn(items[0])]
+                single_errors: Errors = None
+            except BaseException as exc:
+                single, single_errors = [None], {0: wrap_exception(exc, where)}
+            elapsed = perf() - t0
+            slot[1] = SLOT_REPORTING
+            head = wire.RESULT.pack(wire.K_RESULT, job_id, elapsed, 0)
+            wire.write_frame(rfd, head + dump_result(single, single_errors))
+            del single, single_errors, items
+            slot[1] = SLOT_IDLE
+            slot[0] = 0.0
+            continue
+        values: list[Any] = []
+        errors: Errors = None
+        flushed = 0
+        group = 1  # calls run between two slot updates; grows while calls are tiny
+        t0 = last = perf()
+        j = 0
+        while j < n:
+            end = min(n, j + group)
+            slot[3] = float(end)
+            slot[2] = mono()
+            slot[1] = float(j)
+            ts = perf()
+            errors = run_calls(fn, items, star, kwargs_list, values, errors, j, end, on_error)
+            now = perf()
+            if now - ts < GROUP_BELOW_S:
+                group = min(group * 2, 4096)
+            elif group > 1:
+                group //= 2
+            j = end
+            if j < n and now - last > PARTIAL_FLUSH_S:
+                head = wire.PARTIAL.pack(wire.K_PARTIAL, job_id, flushed)
+                part = dump_result(values[flushed:j], _subset(errors, flushed, j))
+                wire.write_frame(rfd, head + part)
+                flushed = j
+                last = now
+        elapsed = perf() - t0
+        slot[1] = SLOT_REPORTING
+        head = wire.RESULT.pack(wire.K_RESULT, job_id, elapsed, flushed)
+        wire.write_frame(rfd, head + dump_result(values[flushed:], _subset(errors, flushed, n)))
+        del values, errors, items
+        slot[1] = SLOT_IDLE
+        slot[0] = 0.0
