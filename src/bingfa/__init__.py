@@ -6,7 +6,7 @@ The public surface is exactly ``__all__`` below; ``tests/test_public_api.py`` gu
 from __future__ import annotations
 
 from bingfa.apps import App, Context, as_app, handler, load_app
-from bingfa.client import AsyncClient, Client
+from bingfa.client import AsyncClient, Client, UdpClient
 from bingfa.errors import (
     BingfaError,
     ClosedError,
@@ -19,6 +19,8 @@ from bingfa.errors import (
     Timeout,
     UsageError,
 )
+from bingfa.executor import Executor, map
+from bingfa.pipeline import Pipeline
 from bingfa.protocol import FrameCodec, LineCodec, RawCodec, make_codec
 from bingfa.server import MODELS, BaseServer, ServerConfig, create_server, serve
 
@@ -34,16 +36,19 @@ __all__ = [
     "ClosedError",
     "ConnectionClosed",
     "Context",
+    "Executor",
     "FrameCodec",
     "FrameTooLarge",
     "LineCodec",
     "MessageTooLarge",
     "NetworkError",
+    "Pipeline",
     "ProtocolError",
     "RawCodec",
     "RemoteError",
     "ServerConfig",
     "Timeout",
+    "UdpClient",
     "UsageError",
     "__version__",
     "as_app",
@@ -51,5 +56,6 @@ __all__ = [
     "handler",
     "load_app",
     "make_codec",
+    "map",
     "serve",
 ]

@@ -410,10 +410,11 @@ def demo(clients: int, requests: int) -> None:
 def _register_subcommands() -> None:
     """Commands that live with their features; imported lazily by click at registration."""
     from bingfa.bench.cli import bench_command, compare_command
+    from bingfa.executor.fetch import fetch_command
     from bingfa.locks.cli import locks_command
     from bingfa.pipeline.cli import worker_command
 
-    for command in (bench_command, compare_command, locks_command, worker_command):
+    for command in (bench_command, compare_command, fetch_command, locks_command, worker_command):
         cli.add_command(command)
 
 
