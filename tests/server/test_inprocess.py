@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -150,3 +151,27 @@ def test_ipv6_loopback() -> None:
     finally:
         server.shutdown()
         thread.join(10)
+
+
+@pytest.mark.parametrize("model", ["thread", "threadpool"])
+def test_shutdown_answers_requests_still_in_the_listen_backlog(model: str) -> None:
+    """A client accepted by the kernel but not yet by the server (a server slow to start, or a
+    burst just before SIGTERM) that already sent its request is answered, not reset; a
+    connection that sent nothing is closed."""
+    server = create_server("upper", model, port=0, threads=4)
+    server.listen()
+    waiting = Client(*server.address)
+    silent = socket.create_connection(server.address, timeout=5)
+    try:
+        waiting.send(b"queued")
+        time.sleep(0.05)  # the request reaches the server's kernel buffer
+        server.shutdown()  # before the accept loop ever runs
+        thread = threading.Thread(target=server.serve_forever, name="test-serve")
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert waiting.recv() == b"QUEUED"
+        assert silent.recv(16) == b""  # closed in order, not reset
+    finally:
+        waiting.close()
+        silent.close()

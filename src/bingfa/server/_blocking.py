@@ -297,6 +297,12 @@ class BlockingServer(BaseServer):
                 if accepting and any(key.fileobj is listener for key, _ in events):
                     backoff = self._accept_ready(listener, backoff)
                     resume_at = now + backoff if backoff else 0.0
+        if self.owns_backlog:
+            # Connections still in the listen backlog would be reset when the listener closes,
+            # yet a client there may already have sent its request (a server slow to start, a
+            # burst just before SIGTERM). Take them now: while draining, serve_connection
+            # answers those with a request waiting and closes the others.
+            self._accept_ready(listener, 0.0, final=True)
         self._wake_r.close()
         self._wake_w.close()
 
@@ -308,10 +314,12 @@ class BlockingServer(BaseServer):
         if WAKE_STATS in data:
             self.report_stats()
 
-    def _accept_ready(self, listener: socket.socket, backoff: float) -> float:
-        """Accept every pending connection; return the new accept backoff (0 when fine)."""
+    def _accept_ready(self, listener: socket.socket, backoff: float, final: bool = False) -> float:
+        """Accept every pending connection; return the new accept backoff (0 when fine).
+
+        ``final``: the last sweep of the backlog at shutdown (runs although stopping)."""
         max_conns = self.config.max_connections
-        while not self.stopping and self._may_accept():
+        while (final or not self.stopping) and self._may_accept():
             try:
                 conn, peer = listener.accept()
             except (BlockingIOError, InterruptedError):

@@ -423,6 +423,13 @@ class BaseServer(ABC):
         assert self._listener is not None
         return self._listener
 
+    @property
+    def owns_backlog(self) -> bool:
+        """True when the listen backlog is this server's alone: it listens on its own socket
+        (standalone, or a ``reuse_port`` worker). A worker on the supervisor's shared socket
+        must leave the backlog to its siblings — during a reload they serve it."""
+        return self.config.listen_fd is None or self.config.reuse_port
+
     def shutdown(self) -> None:
         """Ask :meth:`serve_forever` to stop. Safe from any thread and from signal handlers;
         idempotent; returns at once (``serve_forever`` returns once everything is closed)."""
