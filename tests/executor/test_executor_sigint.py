@@ -19,10 +19,15 @@ import pytest
 pytestmark = pytest.mark.timeout(60)
 
 HELPERS = os.path.dirname(__file__)
+# A shell starts background jobs with SIGINT ignored, and children inherit that; Python then
+# installs no KeyboardInterrupt handler. The callers restore it, as a terminal would have it.
+INHERIT_NOTE = "as in a terminal, even when this run was started in the background"
 
 MAP_CALLER = """
 import sys
 sys.path[:0] = [{helpers!r}]
+import signal
+signal.signal(signal.SIGINT, signal.default_int_handler)  # {inherit_note}
 from executor_helpers import ablock, block
 from bingfa.executor import map
 model = sys.argv[1]
@@ -37,6 +42,8 @@ for _ in results:
 WITH_CALLER = """
 import sys
 sys.path[:0] = [{helpers!r}]
+import signal
+signal.signal(signal.SIGINT, signal.default_int_handler)  # {inherit_note}
 from executor_helpers import ablock, block
 from bingfa.executor import Executor
 model = sys.argv[1]
@@ -52,6 +59,8 @@ with Executor(model, 2) as ex:
 OUTSIDE_CALLER = """
 import sys, time
 sys.path[:0] = [{helpers!r}]
+import signal
+signal.signal(signal.SIGINT, signal.default_int_handler)  # {inherit_note}
 from executor_helpers import ablock, block
 from bingfa.executor import Executor
 model = sys.argv[1]
@@ -76,7 +85,7 @@ def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
 
 def run_and_interrupt(program: str, model: str) -> tuple[float, str, list[psutil.Process]]:
     """Start ``program``, wait for READY, SIGINT it; return (seconds to exit, stderr, leftovers)."""
-    code = textwrap.dedent(program).format(helpers=HELPERS)
+    code = textwrap.dedent(program).format(helpers=HELPERS, inherit_note=INHERIT_NOTE)
     proc = subprocess.Popen(
         [sys.executable, "-c", code, model],
         stdout=subprocess.PIPE,

@@ -85,8 +85,14 @@ def serve(server: BaseServer) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM)
     }
     previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda *_: server.request_stats())
+    # The signal may land in any of the server's threads: the wake-up fd rouses the main
+    # thread's selector so that the handler runs (see BaseServer._signal_wakeup_fd).
+    wakeup = server._signal_wakeup_fd()
+    previous_fd = -1 if wakeup is None else signal.set_wakeup_fd(wakeup, warn_on_full_buffer=False)
     try:
         server.serve_forever()
     finally:
+        if wakeup is not None:
+            signal.set_wakeup_fd(previous_fd)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

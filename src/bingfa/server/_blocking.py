@@ -233,6 +233,9 @@ class BlockingServer(BaseServer):
     def _wake(self) -> None:
         self._send_wake(WAKE_STOP)
 
+    def _signal_wakeup_fd(self) -> int | None:
+        return self._wake_w.fileno()
+
     def request_stats(self) -> None:
         """Ask the accept loop to log the stats (safe from a signal handler)."""
         self._send_wake(WAKE_STATS)

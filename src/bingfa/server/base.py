@@ -423,6 +423,16 @@ class BaseServer(ABC):
         assert self._listener is not None
         return self._listener
 
+    def _signal_wakeup_fd(self) -> int | None:
+        """A non-blocking descriptor whose readability wakes the serving loop, for
+        :func:`signal.set_wakeup_fd`; None when the model handles signals on its own loop.
+
+        Why: a process-directed signal may be delivered to any thread. Python runs the handler
+        in the main thread only when that thread next executes bytecode — never, if it sleeps
+        in ``select()`` while a worker thread took the signal. The wake-up byte ends the sleep.
+        """
+        return None
+
     @property
     def owns_backlog(self) -> bool:
         """True when the listen backlog is this server's alone: it listens on its own socket

@@ -70,11 +70,23 @@ class UdpThreadServer(_UdpMixin):
         super().__init__(*args, **kwargs)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_w.setblocking(False)
+        self._wake_r.setblocking(False)
         self._call = self.app.call_sync()
 
     def _wake(self) -> None:
         try:
             self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def _signal_wakeup_fd(self) -> int | None:
+        return self._wake_w.fileno()
+
+    def _drain_wake(self) -> None:
+        # Stop bytes and signal wake-up bytes (SIGUSR1 while serving): read them, or the
+        # selector would report the socket readable forever.
+        try:
+            self._wake_r.recv(4096)
         except OSError:
             pass
 
@@ -94,7 +106,9 @@ class UdpThreadServer(_UdpMixin):
                 sel.register(listener, selectors.EVENT_READ)
                 sel.register(self._wake_r, selectors.EVENT_READ)
                 while not self.stopping:
-                    sel.select()
+                    for key, _ in sel.select():
+                        if key.fileobj is self._wake_r:
+                            self._drain_wake()
                     while not self.stopping:
                         try:
                             data, peer = listener.recvfrom(size)
