@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pathlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+import trustme
 
 import bingfa
 from bingfa import Client, ClosedError, UsageError
@@ -175,3 +178,41 @@ def test_shutdown_answers_requests_still_in_the_listen_backlog(model: str) -> No
     finally:
         waiting.close()
         silent.close()
+
+
+@pytest.mark.parametrize("model", ["thread", "threadpool"])
+def test_shutdown_closes_an_idle_tls_connection_from_the_backlog(
+    model: str, tmp_path: pathlib.Path
+) -> None:
+    """Taken from the backlog at shutdown, a TLS client that only shook hands is closed at
+    once, not held until the graceful timeout."""
+    ca = trustme.CA()
+    cert = str(tmp_path / "server.pem")
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(cert)
+    server = create_server("upper", model, port=0, threads=4, certfile=cert, graceful_timeout=20)
+    server.listen()
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    raw = socket.create_connection(server.address, timeout=10)
+    outcome: list[object] = []
+
+    def handshake_then_wait() -> None:
+        try:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                outcome.append(tls.recv(16))
+        except (OSError, ssl.SSLError) as exc:
+            outcome.append(exc)
+
+    client = threading.Thread(target=handshake_then_wait)
+    client.start()
+    try:
+        time.sleep(0.05)  # the ClientHello waits in the backlogged connection
+        server.shutdown()
+        start = time.monotonic()
+        server.serve_forever()
+        took = time.monotonic() - start
+        client.join(10)
+        assert outcome == [b""], outcome  # the handshake completed, then an orderly close
+        assert took < 5
+    finally:
+        raw.close()

@@ -68,6 +68,9 @@ def serve_connection(
         tls = _handshake(server, sock, peer)
         if tls is None:
             return
+        if server.draining and not tls.pending() and not has_unread(tls):
+            tls.close()  # shutting down: the handshake was all this connection had sent
+            return
         sock = conn.sock = tls
     stats.opened(conn)
     codec = server.new_codec()
