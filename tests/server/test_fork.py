@@ -8,19 +8,15 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psutil
+from server_helpers import frame, live_children, wait_for
 
 from bingfa import Client
 from bingfa.spawn import ServerProcess
 
 T = TypeVar("T")
-
-
-def frame(payload: bytes) -> bytes:
-    return struct.pack("!I", len(payload)) + payload
 
 
 def recv_frame(sock: socket.socket) -> bytes:
@@ -45,27 +41,6 @@ def has_reply(sock: socket.socket, wait: float) -> bool:
 
 def children(server: ServerProcess) -> list[psutil.Process]:
     return psutil.Process(server.pid).children()
-
-
-def live_children(server: ServerProcess) -> set[int]:
-    pids = set()
-    for child in children(server):
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE:
-                pids.add(child.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return pids
-
-
-def wait_for(check: Callable[[], T], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.02)
 
 
 def test_max_children_bounds_live_children_and_backlogs_the_rest(spawn_server: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import re
 import resource
 import socket
 import struct
@@ -12,26 +11,12 @@ from typing import Any
 
 import psutil
 import pytest
+from server_helpers import frame, wait_for_log
 
 from bingfa import Client, ConnectionClosed, NetworkError
 from bingfa.server import MODELS
-from bingfa.spawn import ServerProcess
 
 ALL_MODELS = [pytest.param(m, id=m) for m in MODELS]
-
-
-def frame(payload: bytes) -> bytes:
-    return struct.pack("!I", len(payload)) + payload
-
-
-def wait_for_log(server: ServerProcess, pattern: str, timeout: float = 5.0) -> re.Match[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        match = re.search(pattern, server.log())
-        if match or time.monotonic() > deadline:
-            assert match, f"{pattern!r} not in log:\n{server.log()[-3000:]}"
-            return match
-        time.sleep(0.05)
 
 
 def eof_within(sock: socket.socket, timeout: float) -> float:

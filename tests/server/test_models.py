@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
+from server_helpers import frame
 
 from bingfa import Client, ConnectionClosed
 from bingfa.server import MODELS
@@ -42,10 +43,6 @@ def spawn_server(spawn_server: Any) -> Any:
         return server
 
     return start
-
-
-def frame(payload: bytes) -> bytes:
-    return struct.pack("!I", len(payload)) + payload
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import psutil
 import pytest
+from server_helpers import live_children, wait_for, wait_for_log
 
 from bingfa import Client, ConnectionClosed, NetworkError, Timeout
 from bingfa.spawn import ServerProcess
@@ -31,39 +32,6 @@ T = TypeVar("T")
 
 TEST_APPS = str(Path(__file__).parent)
 WORKERS_2_PORT_0 = ["--workers", "2", "--port", "0"]
-
-
-def worker_pids(server: ServerProcess) -> set[int]:
-    """The supervisor's live (non-zombie) children."""
-    pids = set()
-    for child in psutil.Process(server.pid).children():
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE:
-                pids.add(child.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return pids
-
-
-def wait_for(check: Callable[[], T], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.02)
-
-
-def wait_for_log(server: ServerProcess, pattern: str, timeout: float = 5.0) -> re.Match[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        log = server.log()
-        match = re.search(pattern, log)
-        if match:
-            return match
-        assert time.monotonic() < deadline, f"{pattern!r} not in the log:\n{log[-3000:]}"
-        time.sleep(0.02)
 
 
 def established(pids: set[int], port: int) -> int:
@@ -168,7 +136,7 @@ def clients_on_each_worker(
 
 def test_kill9_worker_is_replaced_and_only_its_connections_drop(spawn_server: Any) -> None:
     server = spawn_server("bingfa_testapps:pid", "thread", workers=2)
-    workers = worker_pids(server)
+    workers = live_children(server)
     assert len(workers) == 2
     held = clients_on_each_worker(server, workers, per_worker=3)
     victim, survivor = sorted(workers)
@@ -178,7 +146,7 @@ def test_kill9_worker_is_replaced_and_only_its_connections_drop(spawn_server: An
             before = load.snapshot()
             killed_at = time.monotonic()
             os.kill(victim, signal.SIGKILL)
-            new = wait_for(lambda: worker_pids(server) - workers, 1.0, "a replacement worker")
+            new = wait_for(lambda: live_children(server) - workers, 1.0, "a replacement worker")
             assert time.monotonic() - killed_at < 1.0
             (replacement,) = new
             # Only the victim's own connections are lost; the survivor's stay open and served.
@@ -224,7 +192,7 @@ def test_workers_dying_in_a_loop_are_restarted_with_backoff(
     with Client(*server.address, timeout=10) as client:
         assert client.request(b"alive") == b"alive"
     assert time.monotonic() - start < 15
-    wait_for(lambda: len(worker_pids(server)) == 2, 5.0, "two workers again")
+    wait_for(lambda: len(live_children(server)) == 2, 5.0, "two workers again")
 
 
 def test_app_failing_at_import_makes_the_supervisor_give_up(tmp_path: Path) -> None:
@@ -253,7 +221,7 @@ def test_app_failing_at_import_makes_the_supervisor_give_up(tmp_path: Path) -> N
 
 def test_sigterm_lets_twenty_sleeping_requests_finish(spawn_server: Any) -> None:
     server = spawn_server("sleep", "thread", workers=2, graceful_timeout=5)
-    workers = worker_pids(server)
+    workers = live_children(server)
     clients = [Client(*server.address, timeout=10) for _ in range(20)]
     try:
         for client in clients:
@@ -277,7 +245,7 @@ def test_sighup_replaces_every_worker_without_losing_requests(spawn_server: Any)
     connection; the load running throughout (fresh connection per request) sees no failure —
     no refused connect, no connection closed before its reply, no wrong reply."""
     server = spawn_server("sleep", "thread", workers=2)
-    old = worker_pids(server)
+    old = live_children(server)
     inflight = [Client(*server.address, timeout=10) for _ in range(6)]
     try:
         with Load(server.address, b"20", lambda r: r == b"20", threads=4) as load:
@@ -288,7 +256,7 @@ def test_sighup_replaces_every_worker_without_losing_requests(spawn_server: Any)
             server.signal(signal.SIGHUP)
 
             def replaced() -> set[int]:
-                pids = worker_pids(server)
+                pids = live_children(server)
                 return pids if len(pids) == 2 and not pids & old else set()
 
             new = wait_for(replaced, 20.0, "every worker replaced")
@@ -321,7 +289,7 @@ def test_sigusr1_logs_aggregated_stats(spawn_server: Any) -> None:
         for client in clients:
             client.close()
     per_worker = re.findall(r"stats: worker (\d+): open_connections=", server.log())
-    assert {int(p) for p in per_worker} == worker_pids(server)
+    assert {int(p) for p in per_worker} == live_children(server)
 
 
 # --- sizing and spread ---------------------------------------------------------------------
@@ -330,7 +298,7 @@ def test_sigusr1_logs_aggregated_stats(spawn_server: Any) -> None:
 def test_workers_auto_starts_one_per_core(spawn_server: Any) -> None:
     server = spawn_server("echo", "asyncio", workers="auto")
     cores = os.cpu_count() or 1
-    assert len(worker_pids(server)) == cores
+    assert len(live_children(server)) == cores
     assert f"starting {cores} asyncio workers" in server.log()
     with Client(*server.address) as client:
         assert client.request(b"hi") == b"hi"
@@ -348,7 +316,7 @@ def test_connections_spread_over_workers(spawn_server: Any) -> None:
 
     with concurrent.futures.ThreadPoolExecutor(50) as pool:
         served = collections.Counter(pool.map(one, range(200)))
-    assert set(served) == worker_pids(server), served
+    assert set(served) == live_children(server), served
 
 
 def test_a_busy_worker_leaves_new_connections_to_the_others(
@@ -384,7 +352,7 @@ def test_workers_exit_when_the_supervisor_is_killed() -> None:
     """PR_SET_PDEATHSIG: a SIGKILLed supervisor's workers get SIGTERM and leave the port."""
     env = {"PYTHONPATH": TEST_APPS}
     with ServerProcess("echo", "thread", env=env, workers=2) as server:
-        workers = [psutil.Process(pid) for pid in worker_pids(server)]
+        workers = [psutil.Process(pid) for pid in live_children(server)]
         assert len(workers) == 2
         os.kill(server.pid, signal.SIGKILL)
         try:

@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import socket
 import ssl
 import struct
@@ -314,6 +315,18 @@ def stop_reading(sock: socket.socket) -> None:
     loop answers it and then stops by itself (see ``BaseServer.draining``)."""
     if not has_unread(sock):
         shutdown_socket(sock, socket.SHUT_RD)
+
+
+def describe_status(status: int) -> str:
+    """``exit status 1`` or ``killed by SIGKILL`` for a :func:`os.waitpid` status."""
+    code = os.waitstatus_to_exitcode(status)
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"killed by {name}"
 
 
 def refuse_connection(sock: socket.socket) -> None:

@@ -50,7 +50,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from bingfa.server._blocking import BlockingServer, serve_connection
-from bingfa.server.base import ConnStats, ServerStats, stop_reading
+from bingfa.server.base import ConnStats, ServerStats, describe_status, stop_reading
 
 __all__ = ["ForkServer"]
 
@@ -66,18 +66,6 @@ _BLOCK_AROUND_FORK = frozenset(
 )
 _POLL_REAP = 0.05  # reaping period when no SIGCHLD handler can be installed (not main thread)
 _SAFETY_REAP = 1.0  # with the SIGCHLD handler: a scan anyway this often, in case one was missed
-
-
-def _describe(status: int) -> str:
-    """``exit status 1`` / ``killed by SIGKILL`` for a :func:`os.waitpid` status."""
-    code = os.waitstatus_to_exitcode(status)
-    if code >= 0:
-        return f"exit status {code}"
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = f"signal {-code}"
-    return f"killed by {name}"
 
 
 class _ForkStats(ServerStats):
@@ -274,9 +262,9 @@ class ForkServer(BlockingServer):
         self._fork_stats.reaped(pid)
         code = os.waitstatus_to_exitcode(status)
         if code < 0 and -code not in (signal.SIGTERM, signal.SIGKILL):
-            log.warning("child %d (connection from %s) %s", pid, peer, _describe(status))
+            log.warning("child %d (connection from %s) %s", pid, peer, describe_status(status))
         else:
-            log.debug("child %d (connection from %s) ended: %s", pid, peer, _describe(status))
+            log.debug("child %d (connection from %s) ended: %s", pid, peer, describe_status(status))
 
     def _dispatch(self, conn: socket.socket, peer: Any) -> None:
         limit = self.config.max_connections

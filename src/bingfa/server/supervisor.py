@@ -68,7 +68,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from bingfa.errors import BingfaError, UsageError
-from bingfa.server.base import ServerConfig, ServerStats, make_listener
+from bingfa.server.base import ServerConfig, ServerStats, describe_status, make_listener
 
 __all__ = ["Supervisor"]
 
@@ -116,18 +116,6 @@ def _load_prctl() -> Callable[..., int] | None:
     except (OSError, AttributeError):
         return None
     return prctl
-
-
-def describe_status(status: int) -> str:
-    """``exit status 1`` or ``killed by SIGKILL`` for a :func:`os.waitpid` status."""
-    code = os.waitstatus_to_exitcode(status)
-    if code >= 0:
-        return f"exit status {code}"
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = f"signal {-code}"
-    return f"killed by {name}"
 
 
 def catches_signal(pid: int, sig: int) -> bool:
