@@ -3,7 +3,8 @@
 Run as ``python benchmarks/bench_locks.py [--quick]``. Prints one table: nanoseconds per
 acquire+release pair for a plain ``threading.Lock``/``RLock`` and for tracked ones (same
 process, same loop), and the ratio. The target is a ratio of at most 3 for the plain
-uncontended Lock (``acquire(); release()``).
+uncontended Lock (``acquire(); release()``). The last line measures the floor: a wrapper whose
+methods do nothing but forward to a real lock — no pure-Python wrapper can go below it.
 """
 
 from __future__ import annotations
@@ -74,6 +75,24 @@ def _measure(variants: dict[str, Case], n: int, rounds: int) -> dict[str, float]
     return best
 
 
+class _Forwarder:
+    """The floor of any pure-Python lock wrapper: methods that only forward to a real lock.
+    Whatever a wrapper records, it pays at least this Python call per operation."""
+
+    __slots__ = ("_acquire", "_release")
+
+    def __init__(self) -> None:
+        raw = threading.Lock()
+        self._acquire = raw.acquire
+        self._release = raw.release
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._release()
+
+
 def _make() -> dict[str, _LockLike]:
     """Locks of every kind, created under the current threading.Lock/RLock."""
     return {
@@ -121,6 +140,13 @@ def main() -> None:
             f"{name:<28} {base * 1e9:>7.0f} {inst * 1e9:>8.0f} {inst / base:>5.2f}x"
             f" {stat * 1e9:>7.0f} {stat / base:>5.2f}x"
         )
+    floor = _measure(
+        {"plain": plain["Lock acquire()+release()"], "fwd": _pair(_Forwarder())}, n, rounds
+    )
+    print(
+        f"floor: a wrapper that only forwards acquire()/release() costs"
+        f" {(floor['fwd'] - loop) / (floor['plain'] - loop):.2f}x a plain Lock in this run"
+    )
     print(f"python {sys.version.split()[0]}; reports made: {len(locks.reports())}")
 
 
