@@ -28,7 +28,7 @@ import greenlet  # type: ignore[import-untyped]
 from bingfa.executor import _wire as wire
 from bingfa.executor._errors import TaskTimeout, wrap_exception
 from bingfa.executor._jobs import Errors, run_calls, task_repr
-from bingfa.executor._worker import dump_error, dump_result, load_fn, run_initializer
+from bingfa.executor._worker import dump_error, dump_result, load_job, run_initializer
 
 __all__ = ["main"]
 
@@ -230,10 +230,7 @@ def main(task_fd: int, result_fd: int, lifeline_fd: int) -> None:
             break
         _, job_id = wire.JOB.unpack_from(body)
         try:
-            fn_blob, items, star, kwargs_list, timeout = pickle.loads(
-                memoryview(body)[wire.JOB.size :]
-            )
-            fn = load_fn(fn_blob)
+            fn, items, star, kwargs_list, timeout = load_job(body)
         except BaseException as exc:
             writer.put(wire.JOBFAIL.pack(wire.K_JOBFAIL, job_id) + dump_error(exc, where))
             continue

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pickle
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +29,7 @@ from bingfa.executor._pool import MpWorkerSpec, ProcessPool
 from bingfa.executor._worker import (
     dump_error,
     dump_result,
-    load_fn,
+    load_job,
     run_initializer,
     setup_worker,
 )
@@ -138,10 +137,7 @@ class _HybridWorker:
             return
         _, job_id = wire.JOB.unpack_from(body)
         try:
-            fn_blob, items, star, kwargs_list, timeout = pickle.loads(
-                memoryview(body)[wire.JOB.size :]
-            )
-            fn = load_fn(fn_blob)
+            fn, items, star, kwargs_list, timeout = load_job(body)
         except BaseException as exc:
             self.put(wire.JOBFAIL.pack(wire.K_JOBFAIL, job_id) + dump_error(exc, self.where))
             return

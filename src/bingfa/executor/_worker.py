@@ -89,6 +89,14 @@ def load_fn(blob: bytes) -> Callable[..., Any]:
     return fn
 
 
+def load_job(body: bytes) -> tuple[Callable[..., Any], Any, Any, Any, Any]:
+    """Decode a JOB frame (``body`` includes its header): ``(fn, items, star, kwargs_list,
+    timeout)``. Raises whatever unpickling the job or its function raises (the caller reports
+    it as that job's failure)."""
+    fn_blob, items, star, kwargs_list, timeout = pickle.loads(memoryview(body)[wire.JOB.size :])
+    return load_fn(fn_blob), items, star, kwargs_list, timeout
+
+
 def dump_result(values: list[Any], errors: Errors) -> bytes:
     """Pickle ``(values, errors)`` for the caller; a value that will not pickle becomes that
     item's error. Never raises for a bad value: items are tried one by one (pickle, then
@@ -185,10 +193,7 @@ def process_worker(
         slot[0] = float(job_id)
         slot[1] = SLOT_LOADING
         try:
-            fn_blob, items, star, kwargs_list, _timeout = pickle.loads(
-                memoryview(body)[wire.JOB.size :]
-            )
-            fn = load_fn(fn_blob)
+            fn, items, star, kwargs_list, _timeout = load_job(body)
         except BaseException as exc:
             wire.write_frame(
                 rfd, wire.JOBFAIL.pack(wire.K_JOBFAIL, job_id) + dump_error(exc, where)
