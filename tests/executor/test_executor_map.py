@@ -119,7 +119,9 @@ def test_map_auto_with_cpu_hint_uses_processes() -> None:
 
 
 def test_map_explicit_model_and_infinite_input() -> None:
-    with map(square, itertools.count(), model="thread", workers=3, progress=False) as result:
+    with map(
+        square, itertools.count(), model="thread", workers=3, progress=False, buffersize=16
+    ) as result:
         assert list(itertools.islice(result, 100)) == [x * x for x in range(100)]
         assert result.choice.model == "thread" and result.choice.workers == 3
 

@@ -7,7 +7,9 @@
     with Executor("process", workers=4, timeout=30) as ex:      # thread, process, gevent,
         fut = ex.submit(work, 1)                                 # asyncio, hybrid, dask
         fut.add_done_callback(save)
-        for result in ex.map(work, range(1_000_000)):            # lazy, bounded, chunked
+        for result in ex.map(work, range(1_000_000)):            # all submitted, chunked
+            ...
+        for result in ex.map(work, itertools.count(), buffersize=1000):   # lazy, bounded
             ...
 
     for result in map(work, items):                              # model="auto": chooses,

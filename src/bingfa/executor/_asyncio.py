@@ -233,7 +233,9 @@ class AsyncioBackend(Backend):
         # so this also works while the interpreter is exiting
         if wait and threading.current_thread() is not self._thread:
             self._thread.join()
-        untrack(self)
+            untrack(self)
+        # without waiting we stay tracked, so interpreter exit still finishes the work (as
+        # concurrent.futures does, gh-83386); the registry holds us weakly
 
     def terminate(self) -> None:
         with self._lock:

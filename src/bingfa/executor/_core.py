@@ -7,12 +7,14 @@ import logging
 import multiprocessing
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Final, Literal, get_args
 
 from bingfa.errors import UsageError
 from bingfa.executor._backend import Backend
+from bingfa.executor._errors import ExecutorClosed
 from bingfa.executor._jobs import Job, dumps, dumps_fn, is_coroutine_fn
 from bingfa.executor._maprun import Chunksize, MapRun
 from bingfa.executor._progress import make_progress
@@ -196,6 +198,11 @@ class Executor(concurrent.futures.Executor):
             client=client,
             cluster_kwargs=cluster_kwargs,
         )
+        # Collected without shutdown() (concurrent.futures does the same): stop taking work,
+        # finish what was submitted, then release threads and processes. The finalizer holds
+        # the backend, not this object.
+        self._finalizer = weakref.finalize(self, _release, self._backend)
+        self._finalizer.atexit = False  # at exit, _backend's own handler finishes the work
         log.debug("executor %s started with %d workers", model, self.workers)
 
     def _make_backend(
@@ -313,34 +320,47 @@ class Executor(concurrent.futures.Executor):
         ordered: bool = True,
         task_timeout: float | None = None,
         progress: bool = False,
-        window: int | None = None,
+        buffersize: int | None = None,
     ) -> MapRun:
-        """``map(fn, *iterables)`` on this executor, lazily.
+        """``map(fn, *iterables)`` on this executor.
 
-        Unlike ``concurrent.futures``, items are taken from ``iterables`` only as results are
-        consumed (at most a window of calls - about twice the parallelism - is in flight), so
-        huge or infinite iterables work; the first window starts right away.
+        As in ``concurrent.futures``, every call is submitted now (the iterables are read to the
+        end here), so the work runs to completion whether or not the results are consumed, and
+        ``shutdown(wait=True)`` waits for it. ``buffersize=N`` (as in Python 3.14) makes it lazy
+        instead: at most ``N`` calls are in flight and items are taken from ``iterables`` only
+        as results are consumed, so huge or infinite iterables work.
 
         Args:
             fn: the function; called as ``fn(*items)`` with one item from each iterable.
             iterables: argument iterables, zipped (shortest wins).
             timeout: seconds (from this call) within which each next result must be ready, as
-                in ``concurrent.futures``; a :class:`bingfa.errors.Timeout` (a
-                ``TimeoutError``) is raised otherwise. Does not stop tasks.
-            chunksize: ``"auto"`` (adapts batch size to measured task cost) or a fixed int.
+                in ``concurrent.futures`` (``0`` takes only results already there); a
+                :class:`bingfa.errors.Timeout` (a ``TimeoutError``) is raised otherwise. Does
+                not stop tasks.
+            chunksize: calls per batch sent to a worker: ``"auto"`` (eager: what
+                ``multiprocessing.Pool.map`` uses; lazy: adapted to the measured cost per
+                call) or a fixed int.
             ordered: yield in input order; ``False`` yields as results complete.
             task_timeout: per-task timeout that stops a running task (needs chunksize 1/auto).
             progress: show a progress bar on stderr (only if it is a terminal).
-            window: maximum calls in flight.
+            buffersize: ``None`` (eager) or the maximum number of calls in flight (lazy).
 
         Returns:
-            A :class:`MapRun` iterator; ``close()`` it to cancel the rest early. The first
-            failing task's exception is raised when its turn comes.
+            A :class:`MapRun` iterator. Once iterated, ``close()``-ing or dropping it cancels
+            the calls that have not started. The first failing task's exception is raised
+            when its turn comes.
+
+        Raises:
+            UsageError: no iterable, bad numbers, ``async def`` on a model that cannot run it.
+            ExecutorClosed: after :meth:`shutdown`.
         """
-        _positive("timeout", timeout)
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout != timeout):
+            raise UsageError(f"timeout must be a number of seconds, not {timeout!r}")
         _positive("task_timeout", task_timeout)
         if not iterables:
             raise UsageError("map() needs at least one iterable")
+        if self._shutdown:
+            raise ExecutorClosed("cannot schedule new tasks after shutdown")
         check_coroutine_support(self.model, fn)
         star = len(iterables) > 1
         total = None if star else _length(iterables[0])
@@ -358,7 +378,8 @@ class Executor(concurrent.futures.Executor):
             deadline=deadline,
             progress=bar,
             total=total,
-            window=window,
+            buffersize=buffersize,
+            keepalive=self,
         )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -369,6 +390,7 @@ class Executor(concurrent.futures.Executor):
             cancel_futures: cancel tasks that have not started (their futures are cancelled).
         """
         self._shutdown = True
+        self._finalizer.detach()
         self._backend.shutdown(wait, cancel_futures)
 
     def terminate(self) -> None:
@@ -376,6 +398,7 @@ class Executor(concurrent.futures.Executor):
         :class:`~bingfa.executor.ExecutorClosed`, kill worker processes. Returns within about a
         second; threads that cannot be stopped are abandoned (they are daemon threads)."""
         self._shutdown = True
+        self._finalizer.detach()
         self._backend.terminate()
 
     def __enter__(self) -> Executor:
@@ -402,6 +425,14 @@ class Executor(concurrent.futures.Executor):
     def __repr__(self) -> str:
         state = "shut down" if self._shutdown else "running"
         return f"<bingfa.executor.Executor model={self.model} workers={self.workers} {state}>"
+
+
+def _release(backend: Backend) -> None:
+    """Shut ``backend`` down without waiting: its executor was collected."""
+    try:
+        backend.shutdown(wait=False, cancel_futures=False)
+    except Exception:  # a finalizer must not raise; the backend logs its own failures
+        log.exception("releasing a collected executor's %s backend failed", backend.model)
 
 
 def _length(obj: Any) -> int | None:

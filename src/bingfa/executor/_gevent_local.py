@@ -51,6 +51,7 @@ class GeventLocalBackend(Backend):
         self._closing = False
         self._broken: BaseException | None = None
         self._running: set[Job] = set()
+        self._queued: set[Job] = set()  # submitted, greenlet not started yet
         if initializer is not None:
             try:
                 initializer(*initargs)
@@ -71,6 +72,7 @@ class GeventLocalBackend(Backend):
             raise err
         if self._closing:
             raise ExecutorClosed("cannot schedule new tasks after shutdown")
+        self._queued.add(job)
         self._group.spawn(self._run_job, job)
 
     def _run_item(self, job: Job, i: int, values: list[Any], errors: dict[int, Any]) -> None:
@@ -98,6 +100,7 @@ class GeventLocalBackend(Backend):
     def _run_job(self, job: Job) -> None:
         import gevent
 
+        self._queued.discard(job)
         if not job.future.set_running_or_notify_cancel():
             return
         self._running.add(job)
@@ -118,9 +121,14 @@ class GeventLocalBackend(Backend):
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         self._closing = True
+        if cancel_futures:
+            for job in list(self._queued):
+                job.future.cancel()
         if wait:
             self._group.join()
-        untrack(self)
+            untrack(self)
+        # without waiting we stay tracked, so interpreter exit still finishes the work (as
+        # concurrent.futures does); the registry holds us weakly
 
     def terminate(self) -> None:
         self._closing = True

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from collections.abc import Callable, Generator, Iterable, Iterator
 from types import TracebackType
 from typing import Any
@@ -74,12 +73,14 @@ def _map_results(owner: _Owner, head: list[tuple[bool, Any]]) -> Generator[Any, 
 
 
 class MapResult(Iterator[Any]):
-    """The lazy iterator :func:`map` returns. It owns the executor it runs on.
+    """The iterator :func:`map` returns. It owns the executor it runs on.
 
     Results come in input order (or completion order with ``ordered=False``). The executor is
     shut down when the iterator is exhausted, when a task's exception is raised from it, or on
     :meth:`close` (queued work is cancelled; calls already running finish first). If it is
     dropped unfinished (``break`` out of the loop), queued work is cancelled without waiting.
+    If it is dropped before its first result, every call still runs (they were all submitted)
+    and the executor is released after them, as an ``Executor`` that is collected is.
     On ``KeyboardInterrupt`` (or any other non-``Exception``) while iterating it is
     *terminated*: workers are killed and control returns at once. Use it as a context manager,
     or exhaust it, to release the workers deterministically.
@@ -132,16 +133,6 @@ class MapResult(Iterator[Any]):
         else:
             self.close()
 
-    def __del__(self) -> None:
-        # dropped unfinished: release without blocking (and nothing while the interpreter
-        # exits: the exit handler takes care)
-        owner = getattr(self, "_owner", None)
-        if owner is not None and not owner.closed and not sys.is_finalizing():
-            try:
-                owner.release()
-            except Exception:
-                pass
-
 
 def map(
     fn: Callable[..., Any],
@@ -153,14 +144,18 @@ def map(
     chunksize: Chunksize = "auto",
     timeout: float | None = None,
     kind: Kind | None = None,
+    buffersize: int | None = None,
     **options: Any,
 ) -> MapResult:
-    """Apply ``fn`` to every item of ``iterable`` concurrently; return a lazy iterator.
+    """Apply ``fn`` to every item of ``iterable`` concurrently; return an iterator of results.
+
+    Like ``Executor.map`` every call is submitted at once (the iterable is read to the end
+    here) unless ``buffersize`` asks for a lazy run.
 
     Args:
         fn: called as ``fn(item)``; may be ``async def`` (asyncio/hybrid models).
-        iterable: the items; consumed lazily, a bounded window at a time, so it may be huge or
-            infinite.
+        iterable: the items. Read to the end at once by default; with ``buffersize`` only as
+            results are consumed, so it may be huge or infinite.
         model: a model name, or ``"auto"`` to choose one (see :func:`choose_model`): from
             ``async def``, from ``kind``, or else by *probing* - the first few items (up to 3,
             at most ~0.2 s) run right here in the caller while CPU time is compared with wall
@@ -174,6 +169,8 @@ def map(
             ``Executor.map``'s ``timeout``, which bounds the wait for each result. Probed items
             run without it - pass ``kind`` to skip the probe.
         kind: ``"io"`` or ``"cpu"``: a hint for ``model="auto"`` (skips the probe).
+        buffersize: ``None`` (eager), or the maximum number of calls in flight: items are then
+            taken from ``iterable`` only as results are consumed.
         options: more :class:`Executor` keyword arguments (``initializer``, ``mp_context``...).
 
     Returns:
@@ -239,6 +236,8 @@ def map(
             task_timeout=timeout,
             progress=bar,
             total=None if total is None else total - len(head),
+            buffersize=buffersize,
+            keepalive=executor,
         )
     except BaseException:
         if bar is not None:

@@ -1,15 +1,20 @@
-"""The map driver: lazy, bounded, auto-chunked ``map`` over any backend.
+"""The map driver: ``map`` over any backend, eager by default, bounded on request, auto-chunked.
 
-It pulls items from the iterable only as the in-flight window frees up (so an infinite or huge
-iterable is never consumed up front), groups them into batch jobs whose size adapts to the
-measured cost per item, and yields results in input order (or completion order). The first
-failing item's exception is raised when its turn comes, and the run stops (the rest is
-cancelled), like ``concurrent.futures``. Items a dead worker never started are resubmitted.
+By default (``buffersize=None``) it behaves like ``concurrent.futures.Executor.map``: every call
+is submitted when ``map`` is called, in batches sized as ``multiprocessing.Pool.map`` sizes them,
+so the work runs to the end whether or not the results are consumed, and survives
+``shutdown(wait=True)``. With ``buffersize=N`` (Python 3.14's ``Executor.map`` argument) it is
+lazy instead: items are pulled from the iterable only as results are consumed, at most ``N`` calls
+in flight, and batch sizes adapt to the measured cost per item; huge or infinite iterables work.
+Results come in input order (or completion order); the first failing item's exception is raised
+when its turn comes and the run stops, cancelling what has not started, like
+``concurrent.futures``. Items a dead worker never started are resubmitted.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import queue
 import time
 from collections import deque
@@ -41,7 +46,10 @@ class Chunker:
     * otherwise adaptive: 1 until the first batch reports how long its items took, then
       ``target / seconds-per-item`` (an exponential moving average), capped by
       :data:`MAX_CHUNK` and, when the length is known, by ``total / (4 * parallelism)``
-      (multiprocessing.Pool's default) so the tail is balanced.
+      (multiprocessing.Pool's default) so the tail is balanced;
+    * ``static`` (eager maps: every batch is cut before any has run, so nothing can be measured):
+      ``ceil(total / (4 * parallelism))``, multiprocessing.Pool's default, and for concurrent
+      items at least ``parallelism // 8``; capped by :data:`MAX_CHUNK`.
     """
 
     def __init__(
@@ -52,6 +60,7 @@ class Chunker:
         concurrent_items: bool,
         total: int | None,
         timeout: float | None,
+        static: bool = False,
     ) -> None:
         if chunksize != "auto" and (not isinstance(chunksize, int) or chunksize < 1):
             raise UsageError(f"chunksize must be a positive int or 'auto', not {chunksize!r}")
@@ -67,6 +76,11 @@ class Chunker:
         if total is not None and total > 0 and not concurrent_items:
             self.cap = max(1, min(MAX_CHUNK, total // (4 * self.parallelism)))
         self.per_item: float | None = None
+        if static and self.fixed is None:
+            size = math.ceil((total or 0) / (4 * self.parallelism))
+            if concurrent_items:
+                size = max(size, self.parallelism // 8)
+            self.fixed = max(1, min(MAX_CHUNK, size))
 
     def next_size(self) -> int:
         """Size of the next batch."""
@@ -106,12 +120,19 @@ class _Entry:
 class MapRun(Iterator[Any]):
     """An iterator over ``fn`` applied to the items of ``items_iter`` on ``backend``.
 
-    The first window of batches is submitted at construction; the rest as the caller iterates.
-    Close it (or exhaust it, or drop it) to cancel what is still queued; it does not own the
-    backend. Iterating it (``for``/``list``) goes straight to an internal generator that hands
-    out each finished batch with ``yield from``, so the per-item cost is C-level. The generator
-    does not refer back to this object, so dropping the iterator (``break`` out of a loop over
-    ``ex.map(...)``) cancels the queued work at once.
+    Eager (``buffersize=None``): every call is submitted here, at construction, so the work runs
+    to the end even if this iterator is never consumed or is dropped before its first result.
+    Lazy (``buffersize=N``): the first ``N`` calls are submitted here, the rest as results are
+    consumed. Either way, once iteration has started, ``close()``-ing it - or dropping it
+    unfinished, or leaving a ``for`` loop over it with ``break`` - cancels what has not started
+    (running calls finish), exactly as ``concurrent.futures`` does.
+
+    Iterating (``for``/``list``) goes straight to an internal generator that hands out each
+    finished batch with C-level iteration; it releases each result as it is yielded and each
+    batch's arguments as the batch is done. The generator keeps the run's state - and
+    ``keepalive`` (the :class:`Executor`, so that collecting it does not shut its backend down
+    under a running map) - alive, not this object: ``for r in ex.map(...)`` holds only the
+    generator, and that is enough.
 
     Args:
         backend: where to run.
@@ -124,8 +145,12 @@ class MapRun(Iterator[Any]):
         deadline: ``time.monotonic()`` by which each next result must be available
             (``Executor.map``'s ``timeout``), or ``None``.
         progress: progress display (owned: closed with the run).
-        total: number of items if known (for chunk caps).
-        window: maximum number of calls in flight (default: from the backend's parallelism).
+        total: number of items if known (for chunk sizes).
+        buffersize: ``None`` for eager; else the maximum number of calls in flight (lazy).
+        keepalive: any object the run must keep alive while it is iterated (the executor).
+
+    Raises:
+        UsageError: bad ``chunksize`` or ``buffersize``.
     """
 
     def __init__(
@@ -141,18 +166,26 @@ class MapRun(Iterator[Any]):
         deadline: float | None = None,
         progress: Progress | None = None,
         total: int | None = None,
-        window: int | None = None,
+        buffersize: int | None = None,
+        keepalive: object = None,
     ) -> None:
-        self._state = _MapState(
-            backend, fn, items_iter, star, ordered, task_timeout, deadline, progress
-        )
+        state = _MapState(backend, fn, items_iter, star, ordered, task_timeout, deadline, progress)
+        state.keepalive = keepalive
         try:
-            self._state.configure(chunksize, total, window)
-            self._gen: Generator[Any, None, None] = _results(self._state)
-            self._state.fill()
+            if buffersize is None:
+                if total is None:  # eager: take every item now, as concurrent.futures does
+                    everything = list(items_iter)
+                    state.it = iter(everything)
+                    total = len(everything)
+                state.configure(chunksize, total, None, eager=True)
+            else:
+                state.configure(chunksize, total, buffersize, eager=False)
+            self._gen: Generator[Any, None, None] = _results(state)
+            state.fill()
         except BaseException:
-            self._state.cleanup()
+            state.cleanup()
             raise
+        self._state = state
 
     def __iter__(self) -> Iterator[Any]:
         return self._gen
@@ -166,34 +199,37 @@ class MapRun(Iterator[Any]):
         return self._state.chunker
 
     def close(self) -> None:
-        """Cancel everything queued; stop the progress display. Idempotent."""
-        gen = getattr(self, "_gen", None)
-        if gen is not None:
-            try:
-                gen.close()
-            except ValueError:  # "generator already executing": closed from another thread
-                pass
-        self._state.cleanup()
-
-    def __del__(self) -> None:
+        """Cancel everything not yet started; stop the progress display. Idempotent."""
         try:
-            self.close()
-        except Exception:
+            self._gen.close()
+        except ValueError:  # "generator already executing": closed from another thread
             pass
+        self._state.cleanup()
 
 
 def _results(state: _MapState) -> Generator[Any, None, None]:
-    """The results, batch by batch; raises the first failure; cleans up however it ends."""
+    """The results, batch by batch; raises the first failure; cleans up however it ends.
+
+    A batch's values are handed out with ``map(list.pop, repeat(values, n))`` over the
+    reversed list: C-level per item like ``yield from values``, but each result leaves the list
+    as it is yielded, so the run does not keep results the caller has already had.
+    """
     try:
         while state.inflight:
             entry = state.step()
             if entry is None:
                 continue
-            if entry.errors:
-                first = min(entry.errors)
-                yield from entry.values[:first]
-                raise entry.errors[first]
-            yield from entry.values
+            values, errors = entry.values, entry.errors
+            del entry  # the batch (its arguments) is done with
+            if errors:
+                first = min(errors)
+                del values[first:]
+                values.reverse()
+                yield from map(list.pop, itertools.repeat(values, first))
+                raise errors[first]
+            values.reverse()
+            yield from map(list.pop, itertools.repeat(values, len(values)))
+            del values
     finally:
         state.cleanup()
 
@@ -225,17 +261,25 @@ class _MapState:
         self.inflight_items = 0
         self.completed: queue.SimpleQueue[_Entry] = queue.SimpleQueue()
         self.exhausted = False
+        self.keepalive: object = None
 
-    def configure(self, chunksize: Chunksize, total: int | None, window: int | None) -> None:
+    def configure(
+        self, chunksize: Chunksize, total: int | None, window: int | None, eager: bool
+    ) -> None:
         backend, fn = self.backend, self.fn
         par = max(1, backend.parallelism(fn))
         concurrent = backend.batch_items_concurrent(fn)
         self.chunker = Chunker(
-            chunksize, backend.chunk_target, par, concurrent, total, self.timeout
+            chunksize, backend.chunk_target, par, concurrent, total, self.timeout, static=eager
         )
-        if window is not None and window < 1:
-            raise UsageError("window must be >= 1")
-        if concurrent:
+        if window is not None and (
+            isinstance(window, bool) or not isinstance(window, int) or window < 1
+        ):
+            raise UsageError(f"buffersize must be a positive int or None, not {window!r}")
+        if eager:  # everything in flight at once
+            self.max_items = 1 << 62
+            self.max_batches = 1 << 62
+        elif concurrent:
             self.max_items = window or 2 * par
             self.max_batches = 1 << 30
         else:
@@ -251,6 +295,7 @@ class _MapState:
                 e.future.cancel()
         self.inflight.clear()
         self.progress.close()
+        self.keepalive = None
 
     def fill(self) -> None:
         while not self.exhausted and len(self.inflight) < self.max_batches:
@@ -290,12 +335,11 @@ class _MapState:
         self.backend.submit_job(job)
 
     def remaining(self) -> float | None:
+        """Seconds left until the deadline (0 once it has passed: a result that is already
+        there is still taken, as ``Future.result(0)`` does), or ``None`` without one."""
         if self.deadline is None:
             return None
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise Timeout("map: the next result was not ready in time", None)
-        return left
+        return max(0.0, self.deadline - time.monotonic())
 
     def step(self) -> _Entry | None:
         """Wait for a batch to finish. Returns it when all its items are settled (removed from
@@ -344,5 +388,8 @@ class _MapState:
         else:
             self.inflight.remove(entry)
         self.inflight_items -= len(entry.items)
+        # the future's done-callback refers to the entry: drop the entry's link back so the
+        # batch (arguments, results) is freed by reference counting, not by the cycle collector
+        entry.future = None
         self.fill()
         return entry

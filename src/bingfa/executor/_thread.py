@@ -10,6 +10,7 @@ stuck task never holds Ctrl-C or interpreter exit hostage; normal exit still run
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -115,14 +116,22 @@ class ThreadBackend(Backend):
                 q.put(None)  # wake the next thread too
                 with self._lock:
                     self._workers.discard(me)
+                    last = not self._workers
+                if last:  # nothing can time out any more
+                    self._timer.close()
                 return
             if not job.future.set_running_or_notify_cancel():
+                del job
                 self._idle.release()
                 continue
             self._run_job(me, job)
+            n = len(job)
+            # don't keep the finished task's function, arguments or result alive while this
+            # thread waits for the next one (concurrent.futures' test_free_reference)
+            del job
             if me.abandoned:
                 return  # the timer already replaced this thread
-            ran += len(job)
+            ran += n
             if self._max_tasks is not None and ran >= self._max_tasks:
                 with self._lock:
                     self._workers.discard(me)
@@ -134,14 +143,17 @@ class ThreadBackend(Backend):
     def _run_job(self, me: _Worker, job: Job) -> None:
         me.current = job
         if job.single:
+            timer = None
             if job.timeout is not None:
                 deadline = time.monotonic() + job.timeout
-                self._timer.call_at(deadline, lambda: self._on_timeout(me, job))
+                timer = self._timer.call_at(deadline, functools.partial(self._on_timeout, me, job))
             errors: Errors = None
             try:
                 value = job.call(0)
             except BaseException as exc:
                 value, errors = None, {0: exc}
+            if timer is not None:
+                timer.cancel()  # the pending deadline must not keep the job alive
             with self._lock:
                 me.current = None
                 if me.abandoned:
@@ -198,13 +210,18 @@ class ThreadBackend(Backend):
         if cancel_futures:
             self._drain(_cancel)
         self._q.put(None)
+        if not threads:
+            self._timer.close()
         if wait:
             me = threading.current_thread()
             for t in threads:
                 if t is not me:
                     t.join()
-        self._timer.close()
-        untrack(self)
+            self._timer.close()
+            untrack(self)
+        # without waiting we stay tracked, so interpreter exit still runs the queued work (as
+        # concurrent.futures does, gh-83386); the registry holds us weakly, and the last
+        # thread to leave closes the timer
 
     def terminate(self) -> None:
         with self._lock:

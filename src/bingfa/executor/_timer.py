@@ -9,9 +9,22 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["DeadlineTimer"]
+__all__ = ["DeadlineTimer", "TimerHandle"]
 
 log = logging.getLogger("bingfa.executor")
+
+
+class TimerHandle:
+    """A scheduled callback; :meth:`cancel` drops it (and the references it holds) at once."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback: Callable[[], None] | None = callback
+
+    def cancel(self) -> None:
+        """Do not run the callback (no-op if it ran already)."""
+        self.callback = None
 
 
 class DeadlineTimer:
@@ -24,22 +37,26 @@ class DeadlineTimer:
     def __init__(self, name: str) -> None:
         self._name = name
         self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._heap: list[tuple[float, int, TimerHandle]] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def call_at(self, deadline: float, callback: Callable[[], None]) -> None:
-        """Schedule ``callback`` at ``deadline`` (``time.monotonic()`` clock)."""
+    def call_at(self, deadline: float, callback: Callable[[], None]) -> TimerHandle:
+        """Schedule ``callback`` at ``deadline`` (``time.monotonic()`` clock); returns a handle
+        to cancel it (a closed timer returns one that never runs)."""
+        handle = TimerHandle(callback)
         with self._cond:
             if self._closed:
-                return
-            heapq.heappush(self._heap, (deadline, next(self._seq), callback))
+                handle.cancel()
+                return handle
+            heapq.heappush(self._heap, (deadline, next(self._seq), handle))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
-            elif self._heap[0][2] is callback:
+            elif self._heap[0][2] is handle:
                 self._cond.notify()
+        return handle
 
     def close(self) -> None:
         """Drop pending callbacks and stop the thread (does not wait for it)."""
@@ -61,7 +78,10 @@ class DeadlineTimer:
                     self._cond.wait(delay)
                 if self._closed:
                     return
-                _, _, callback = heapq.heappop(self._heap)
+                _, _, handle = heapq.heappop(self._heap)
+                callback, handle.callback = handle.callback, None
+            if callback is None:  # cancelled
+                continue
             try:
                 callback()
             except Exception:
