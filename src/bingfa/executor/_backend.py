@@ -44,6 +44,12 @@ class Backend(abc.ABC):
         rather than one after another."""
         return False
 
+    def lanes(self, fn: Callable[..., Any]) -> int:
+        """How many batches of ``fn`` run side by side: the threads or processes that take
+        batches (one event loop counts once, however many coroutines it runs). An eager map
+        cuts about four batches per lane, as ``multiprocessing.Pool.map`` does per process."""
+        return 1 if self.batch_items_concurrent(fn) else self.parallelism(fn)
+
     @abc.abstractmethod
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
         """No new jobs; cancel queued ones if asked; finish the rest; release workers.

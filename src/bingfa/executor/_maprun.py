@@ -48,8 +48,12 @@ class Chunker:
       :data:`MAX_CHUNK` and, when the length is known, by ``total / (4 * parallelism)``
       (multiprocessing.Pool's default) so the tail is balanced;
     * ``static`` (eager maps: every batch is cut before any has run, so nothing can be measured):
-      ``ceil(total / (4 * parallelism))``, multiprocessing.Pool's default, and for concurrent
-      items at least ``parallelism // 8``; capped by :data:`MAX_CHUNK`.
+      ``ceil(total / (4 * lanes))``, multiprocessing.Pool's default with ``lanes`` the threads
+      or processes taking batches (for concurrent items: the processes or the one event loop,
+      whose own pool bounds how many run at once), at least ``parallelism // 8`` for
+      concurrent items; capped by :data:`MAX_CHUNK`. The first batches ramp up to that size
+      (1, 2, 4, ...), so the first result comes as soon as one call is done, as with
+      ``concurrent.futures``, while nearly all items still travel in full-size batches.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class Chunker:
         total: int | None,
         timeout: float | None,
         static: bool = False,
+        lanes: int = 1,
     ) -> None:
         if chunksize != "auto" and (not isinstance(chunksize, int) or chunksize < 1):
             raise UsageError(f"chunksize must be a positive int or 'auto', not {chunksize!r}")
@@ -76,16 +81,22 @@ class Chunker:
         if total is not None and total > 0 and not concurrent_items:
             self.cap = max(1, min(MAX_CHUNK, total // (4 * self.parallelism)))
         self.per_item: float | None = None
+        self.static: int | None = None  # the full size of an eager map's batches
+        self.ramp = 1
         if static and self.fixed is None:
-            size = math.ceil((total or 0) / (4 * self.parallelism))
+            size = math.ceil((total or 0) / (4 * max(1, lanes)))
             if concurrent_items:
                 size = max(size, self.parallelism // 8)
-            self.fixed = max(1, min(MAX_CHUNK, size))
+            self.static = max(1, min(MAX_CHUNK, size))
 
     def next_size(self) -> int:
         """Size of the next batch."""
         if self.fixed is not None:
             return self.fixed
+        if self.static is not None:
+            size = min(self.static, self.ramp)
+            self.ramp = size * 2
+            return size
         if self.concurrent:
             base = max(1, min(self.cap, self.parallelism // 8))
             if self.per_item is None:
@@ -270,7 +281,14 @@ class _MapState:
         par = max(1, backend.parallelism(fn))
         concurrent = backend.batch_items_concurrent(fn)
         self.chunker = Chunker(
-            chunksize, backend.chunk_target, par, concurrent, total, self.timeout, static=eager
+            chunksize,
+            backend.chunk_target,
+            par,
+            concurrent,
+            total,
+            self.timeout,
+            static=eager,
+            lanes=backend.lanes(fn),
         )
         if window is not None and (
             isinstance(window, bool) or not isinstance(window, int) or window < 1
