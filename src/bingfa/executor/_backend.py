@@ -66,6 +66,28 @@ class Backend(abc.ABC):
 
 _live: weakref.WeakSet[Backend] = weakref.WeakSet()
 _live_lock = threading.Lock()
+_exiting = False
+
+
+def interpreter_exiting() -> bool:
+    """True once the interpreter has begun to exit: no executor takes new work from then on
+    (``concurrent.futures`` raises "cannot schedule new futures after interpreter shutdown")."""
+    return _exiting
+
+
+def _mark_exiting() -> None:
+    global _exiting
+    _exiting = True
+
+
+# concurrent.futures sets its flag from threading's exit hook, which runs before atexit
+# handlers (and before non-daemon threads are joined); do the same where it exists.
+_register_atexit = getattr(threading, "_register_atexit", None)
+if _register_atexit is not None:
+    try:
+        _register_atexit(_mark_exiting)
+    except RuntimeError:  # imported while the interpreter is already shutting down
+        _exiting = True
 
 
 def track(backend: Backend) -> None:
@@ -92,6 +114,7 @@ def _shutdown_all() -> None:
     """At interpreter exit, finish the work of executors nobody shut down (as
     concurrent.futures does) - unless the program is exiting because of Ctrl-C: then stop them
     at once, so Ctrl-C outside a ``with`` block or a ``map`` loop does not hang either."""
+    _mark_exiting()
     with _live_lock:
         backends = list(_live)
     last: Any = getattr(sys, "last_type", None)

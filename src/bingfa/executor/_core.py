@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import multiprocessing
 import os
 import time
 import weakref
@@ -13,10 +12,11 @@ from types import TracebackType
 from typing import Any, Final, Literal, get_args
 
 from bingfa.errors import UsageError
-from bingfa.executor._backend import Backend
+from bingfa.executor._backend import Backend, interpreter_exiting
 from bingfa.executor._errors import ExecutorClosed
 from bingfa.executor._jobs import Job, dumps, dumps_fn, is_coroutine_fn
 from bingfa.executor._maprun import Chunksize, MapRun
+from bingfa.executor._mpctx import mp_context
 from bingfa.executor._progress import make_progress
 
 __all__ = ["MODELS", "Executor", "Model", "cpu_count", "default_workers", "mp_context"]
@@ -25,8 +25,6 @@ log = logging.getLogger("bingfa.executor")
 
 Model = Literal["thread", "process", "gevent", "asyncio", "hybrid", "dask"]
 MODELS: Final[tuple[str, ...]] = get_args(Model)
-
-_WORKER_MODULE = "bingfa.executor._worker"
 
 
 def cpu_count() -> int:
@@ -44,45 +42,6 @@ def default_workers(model: str) -> int:
     if model in ("gevent", "asyncio"):
         return 100
     return cpu_count()
-
-
-def mp_context(method: str | Any | None = None) -> Any:
-    """The multiprocessing context for worker processes.
-
-    ``None`` means **forkserver** where available (Linux, macOS), else spawn. Forkserver forks
-    workers from a small single-threaded server process, so a worker never inherits a copy of a
-    caller that was running threads (fork's hazard), yet starts in a few milliseconds instead
-    of spawn's tens (docs/executors.md has the measurements). We also ask the server to preload
-    the worker module, so a new worker need not import it. ``"fork"`` is refused: the pool
-    starts replacement workers from its own IO thread, which is exactly the unsafe case.
-
-    Raises:
-        UsageError: for ``"fork"`` or an unknown method.
-    """
-    if method is None:
-        method = (
-            "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        )
-    if isinstance(method, str):
-        if method == "fork":
-            raise UsageError(
-                "mp_context='fork' is unsafe here: the pool forks replacement workers while its "
-                "own threads run; use 'forkserver' (default) or 'spawn'"
-            )
-        try:
-            ctx = multiprocessing.get_context(method)
-        except ValueError as exc:
-            raise UsageError(f"unknown multiprocessing start method {method!r}") from exc
-    else:
-        ctx = method
-    if ctx.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        server = forkserver._forkserver  # type: ignore[attr-defined]
-        mods = list(getattr(server, "_preload_modules", ["__main__"]))
-        if _WORKER_MODULE not in mods:
-            ctx.set_forkserver_preload([*mods, _WORKER_MODULE])
-    return ctx
 
 
 def _positive(name: str, value: float | None) -> None:
@@ -277,7 +236,7 @@ class Executor(concurrent.futures.Executor):
         models) fail the future rather than raise here, like ``concurrent.futures``.
 
         Raises:
-            ExecutorClosed: after :meth:`shutdown`.
+            ExecutorClosed: after :meth:`shutdown`, or once the interpreter is exiting.
             InitializerFailed: the worker initializer failed earlier.
         """
         return self.schedule(fn, args, kwargs)
@@ -299,6 +258,8 @@ class Executor(concurrent.futures.Executor):
         _positive("timeout", timeout)
         if not callable(fn):
             raise UsageError(f"fn must be callable, not {type(fn).__name__}")
+        if interpreter_exiting():
+            raise ExecutorClosed("cannot schedule new tasks after interpreter shutdown")
         check_coroutine_support(self.model, fn)
         job = Job(
             fn,
@@ -352,7 +313,7 @@ class Executor(concurrent.futures.Executor):
 
         Raises:
             UsageError: no iterable, bad numbers, ``async def`` on a model that cannot run it.
-            ExecutorClosed: after :meth:`shutdown`.
+            ExecutorClosed: after :meth:`shutdown`, or once the interpreter is exiting.
         """
         if timeout is not None and (not isinstance(timeout, int | float) or timeout != timeout):
             raise UsageError(f"timeout must be a number of seconds, not {timeout!r}")
@@ -361,6 +322,8 @@ class Executor(concurrent.futures.Executor):
             raise UsageError("map() needs at least one iterable")
         if self._shutdown:
             raise ExecutorClosed("cannot schedule new tasks after shutdown")
+        if interpreter_exiting():
+            raise ExecutorClosed("cannot schedule new tasks after interpreter shutdown")
         check_coroutine_support(self.model, fn)
         star = len(iterables) > 1
         total = None if star else _length(iterables[0])

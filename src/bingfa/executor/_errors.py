@@ -20,6 +20,7 @@ frames show up in the caller's traceback print-out.
 
 from __future__ import annotations
 
+import linecache
 import pickle
 import signal
 import traceback
@@ -153,6 +154,10 @@ class RemoteTaskError(BingfaError):
 
 
 # --- carrying an exception and its traceback across a pickle boundary -------------------------
+#
+# The one implementation behind ``wrap_exception`` (executor workers) and ``portable_exception``
+# (pipeline workers, Redis consumers): the traceback is formatted where the frames exist, and the
+# exception travels as itself with that text re-attached as its ``__cause__``.
 
 
 def _rebuild_exc(exc: BaseException, tb: str) -> BaseException:
@@ -173,25 +178,130 @@ class ExceptionWithTraceback:
         return (_rebuild_exc, (self.exc, self.tb))
 
 
-def wrap_exception(exc: BaseException, where: str = "") -> ExceptionWithTraceback:
-    """Prepare ``exc`` (raised in a worker) for the trip back to the caller.
+#: cloudpickle's stand-in for ``co_filename`` of the code it pickles by value (3.1 uses
+#: ``"<dynamic-code>"``); ``""`` while not yet probed, ``None`` if it keeps the real name
+_placeholder: str | None = ""
 
-    The traceback is formatted here, where the frames exist. If ``exc`` does not survive a
-    pickle round trip (unpicklable attributes, an ``__init__`` that pickle cannot call), it is
-    replaced by a :class:`RemoteTaskError` carrying its type name and message.
+
+def _cloudpickle_placeholder() -> str | None:
+    """The ``co_filename`` cloudpickle gives code it pickled by value, or ``None`` if it keeps
+    the real one. Probed once, by a round trip, so it follows whatever cloudpickle does."""
+    global _placeholder
+    if _placeholder == "":
+        try:
+            import cloudpickle
+
+            def probe() -> None:  # nested, so cloudpickle must pickle it by value
+                pass
+
+            name = cloudpickle.loads(cloudpickle.dumps(probe)).__code__.co_filename
+            _placeholder = None if name == probe.__code__.co_filename else name
+        except Exception:
+            _placeholder = None
+    return _placeholder
+
+
+def _restore_filenames(te: traceback.TracebackException, exc: BaseException) -> None:
+    """Point frames of cloudpickled code (``File "<dynamic-code>"``) back at their source file.
+
+    Code that reached this process pickled by value (a lambda, closure or ``__main__`` function
+    sent by a path that did not keep ``co_filename``, e.g. plain ``cloudpickle.dumps``) has lost
+    its file name, so the traceback would show no source lines. cloudpickle does ship the
+    function's module ``__file__`` in its globals; a frame of such code gets that file back.
+    ``te`` must have been built with ``lookup_lines=False`` (lines are read when formatted).
     """
-    header = f"Traceback in worker{(' ' + where) if where else ''}:\n"
-    tb = header + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    placeholder: str | None = ""
+    queue: list[tuple[traceback.TracebackException, BaseException]] = [(te, exc)]
+    seen: set[int] = set()
+    while queue:
+        t, e = queue.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        # te.stack lists e's traceback frames in order (a prefix of them, under a limit)
+        frames = [frame for frame, _ in traceback.walk_tb(e.__traceback__)]
+        for summary, frame in zip(t.stack, frames, strict=False):
+            if not summary.filename.startswith("<"):
+                continue  # the common case: a real file, nothing to do
+            if placeholder == "":
+                placeholder = _cloudpickle_placeholder()
+            if placeholder is None or summary.filename != placeholder:
+                continue
+            real = frame.f_globals.get("__file__")
+            if isinstance(real, str) and real:
+                summary.filename = real
+                linecache.checkcache(real)
+        for sub_t, sub_e in (
+            (t.__cause__, e.__cause__),
+            (t.__context__, e.__context__),
+        ):
+            if sub_t is not None and sub_e is not None:
+                queue.append((sub_t, sub_e))
+        if t.exceptions and isinstance(e, BaseExceptionGroup):
+            queue.extend(zip(t.exceptions, e.exceptions, strict=False))
+
+
+def format_traceback(exc: BaseException) -> str:
+    """``"".join(traceback.format_exception(exc))``, but frames of code that was pickled by
+    value and lost its file name show their real file and source line (see
+    :func:`_restore_filenames`). Identical to the standard formatting otherwise."""
+    te = traceback.TracebackException(
+        type(exc), exc, exc.__traceback__, lookup_lines=False, compact=True
+    )
+    _restore_filenames(te, exc)
+    return "".join(te.format())
+
+
+def _survives_pickling(exc: BaseException) -> bool:
+    """Whether ``exc`` comes back from a pickle round trip - plain pickle, or cloudpickle, which
+    every transport of ours falls back to (an exception class defined in ``__main__`` or in a
+    function travels by value that way)."""
     try:
         pickle.loads(pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL))
+        return True
     except Exception:
-        name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        pass
+    try:
+        import cloudpickle
+
+        cloudpickle.loads(cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL))
+        return True
+    except Exception:
+        return False
+
+
+def portable_exception(exc: BaseException, where: str) -> Any:
+    """Prepare ``exc`` (raised here, in a worker) for a trip through pickle to another process
+    or machine.
+
+    The traceback is formatted here, where the frames exist, headed ``Traceback in {where}:``;
+    after unpickling, the exception has a :class:`RemoteTraceback` ``__cause__`` holding it.
+    An exception that does not survive pickling (unpicklable attributes, an ``__init__`` that
+    pickle cannot call) is replaced by a :class:`RemoteTaskError` with its type name and
+    message. Mutates ``exc`` (drops its frames, cause and context): call it last.
+
+    Returns:
+        an :class:`ExceptionWithTraceback`, which pickles as the exception; typed ``Any``
+        because callers store it where the exception goes (``ItemError.exception``, the
+        ``errors`` of a batch).
+    """
+    tb = f"Traceback in {where}:\n" + format_traceback(exc)
+    if not _survives_pickling(exc):
         try:
             message = str(exc)
         except Exception:
             message = "<str() failed>"
-        exc = RemoteTaskError(name, message)
+        exc = RemoteTaskError(f"{type(exc).__module__}.{type(exc).__qualname__}", message)
     exc.__traceback__ = None
     exc.__context__ = None
     exc.__cause__ = None
     return ExceptionWithTraceback(exc, tb)
+
+
+def wrap_exception(exc: BaseException, where: str = "") -> ExceptionWithTraceback:
+    """:func:`portable_exception` for an executor worker: headed ``Traceback in worker:``, or
+    ``Traceback in worker {where}:``."""
+    carried: ExceptionWithTraceback = portable_exception(
+        exc, f"worker {where}" if where else "worker"
+    )
+    return carried

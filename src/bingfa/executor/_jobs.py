@@ -287,10 +287,15 @@ def dumps_fn(fn: Callable[..., Any], main_by_ref: bool = False) -> bytes:
 
     By reference (plain pickle; cached per function, since a reference does not change) when a
     worker can import it: any function of an importable module, and - if ``main_by_ref``
-    (the worker imports the main script, as forkserver and spawn workers do) - functions
-    defined at the top level of the ``__main__`` script. Otherwise by value with cloudpickle
-    (not cached: a closure's cells or globals may change between calls): lambdas, closures,
-    nested functions, ``__main__`` functions of an interactive session.
+    (the worker imports the main script, as forkserver and spawn workers of a script with an
+    ``if __name__ == "__main__":`` guard do) - functions defined at the top level of the
+    ``__main__`` script. Otherwise by value (not cached: a closure's cells or globals may
+    change between calls): lambdas, closures, nested functions, ``__main__`` functions, and,
+    unless ``main_by_ref``, anything whose plain pickle would name ``__main__`` (a
+    ``functools.partial`` holding a ``__main__`` object), which such a worker could not find.
+
+    By value keeps each code object's ``co_filename`` (see :func:`_dumps_by_value`), so a
+    traceback formatted in the worker shows the real file and source lines.
 
     Raises:
         pickle.PicklingError (or TypeError etc.) if not even cloudpickle can pickle ``fn``.
@@ -307,25 +312,108 @@ def dumps_fn(fn: Callable[..., Any], main_by_ref: bool = False) -> bytes:
             blob = pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:
             blob = None
-        else:
+        if blob is not None and (main_by_ref or _MAIN not in blob):
             if cacheable:
                 if len(_fn_cache) >= _FN_CACHE_MAX:
                     with contextlib.suppress(Exception):
                         _fn_cache.pop(next(iter(_fn_cache)), None)
                 _fn_cache[key] = blob
             return blob
-    import cloudpickle  # imported on first need: it is slow to import
-
-    by_value: bytes = cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
-    return by_value
+    return _dumps_by_value(fn)
 
 
-def dumps(obj: Any) -> bytes:
-    """``pickle.dumps``, falling back to cloudpickle for lambdas or closures inside ``obj``."""
+def dumps(obj: Any, main_by_ref: bool | None = None) -> bytes:
+    """``pickle.dumps``, falling back to pickling by value (cloudpickle) for lambdas or closures
+    inside ``obj`` - and for objects whose classes or functions live in ``__main__`` when the
+    worker does not import the main script.
+
+    Args:
+        obj: what to pickle; a pickle nested in it as ``bytes`` (a :func:`dumps_fn` blob) is
+            opaque here.
+        main_by_ref: whether the receiving worker imports the ``__main__`` script, so that a
+            ``__main__`` dataclass pickled by reference resolves there (``MpWorkerSpec`` and
+            friends know: pass their ``main_by_ref``). ``None``: as decided for this process's
+            multiprocessing workers (:func:`bingfa.executor._mpctx.workers_import_main`).
+    """
     try:
-        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
-        import cloudpickle
+        return _dumps_by_value(obj)
+    if main_by_ref is None:
+        main_by_ref = _main_by_ref_default
+        if main_by_ref is None:  # nothing decided it yet (a gevent pool, an initializer): once
+            from bingfa.executor._mpctx import workers_import_main
 
-        blob: bytes = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        return blob
+            main_by_ref = workers_import_main()
+    # The hot path - workers import __main__ - costs nothing more; otherwise one scan.
+    if not main_by_ref and _mentions_main(blob, obj):
+        return _dumps_by_value(obj)
+    return blob
+
+
+#: the default ``main_by_ref`` of :func:`dumps`; ``None`` until decided (see below)
+_main_by_ref_default: bool | None = None
+
+
+def set_main_by_ref_default(value: bool) -> None:
+    """Record whether this process's multiprocessing workers import the ``__main__`` script
+    (:mod:`bingfa.executor._mpctx` decides, when it makes a context). ``False`` stays: once a
+    script is known to run workers that do not import it, by value is the safe way for every
+    pool (it works for a worker that did import the script too)."""
+    global _main_by_ref_default
+    if _main_by_ref_default is not False:
+        _main_by_ref_default = value
+
+
+_MAIN = b"__main__"
+
+
+def _mentions_main(blob: bytes, obj: Any) -> bool:
+    """Whether the pickle ``blob`` of ``obj`` may refer to ``__main__``, not counting pickles
+    nested in it as ``bytes`` (a by-reference ``dumps_fn`` blob names ``__main__`` but is
+    unpickled by its own rules). May err towards ``True`` (a string ``"__main__"`` in the
+    data), which only costs the slower by-value pickle."""
+    n = blob.count(_MAIN)
+    if n and type(obj) is tuple:
+        seen: set[int] = set()
+        for part in obj:
+            if type(part) is bytes and id(part) not in seen:
+                seen.add(id(part))  # pickle writes a repeated object once, then a reference
+                n -= part.count(_MAIN)
+    return n > 0
+
+
+_by_value_pickler: type | None = None
+
+
+def _dumps_by_value(obj: Any) -> bytes:
+    """cloudpickle ``obj`` (protocol 5), except that code objects travel as ``marshal`` data.
+
+    cloudpickle 3.1 replaces ``co_filename`` of every code object it pickles with
+    ``"<dynamic-code>"`` (for deterministic payloads), so a traceback in the worker would name no
+    file and show no source line. ``marshal`` - the format of ``.pyc`` files, and exactly as
+    version-specific as the bytecode cloudpickle ships anyway - keeps the whole code object,
+    nested ones included, whatever cloudpickle does with file names. A code object that
+    ``marshal`` refuses (a hand-made one with odd constants) goes cloudpickle's way.
+    """
+    import io
+
+    global _by_value_pickler
+    if _by_value_pickler is None:
+        import marshal
+
+        import cloudpickle  # imported on first need: it is slow to import
+
+        class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+            def reducer_override(self, value: Any) -> Any:
+                if type(value) is types.CodeType:
+                    try:
+                        return marshal.loads, (marshal.dumps(value),)
+                    except ValueError:
+                        pass
+                return super().reducer_override(value)
+
+        _by_value_pickler = _Pickler
+    buf = io.BytesIO()
+    _by_value_pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()

@@ -14,7 +14,6 @@ once per item (at least once for Redis; the pipeline drops duplicates by sequenc
 
 from __future__ import annotations
 
-import pickle
 import re
 import traceback
 from collections.abc import Callable
@@ -22,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple, TypeVar, get_args, overload
 
 from bingfa.errors import BingfaError, UsageError
-from bingfa.executor import RemoteTaskError, RemoteTraceback
+from bingfa.executor import RemoteTraceback
+from bingfa.executor._errors import portable_exception
 
 __all__ = [
     "ERR",
@@ -243,48 +243,6 @@ class ConsumerLost(BingfaError):
     longer than the visibility timeout, more often than the stage's ``retries`` allow; the
     item went to the dead-letter stream instead of being tried once more.
     """
-
-
-def _attach_tb(exc: BaseException, tb: str) -> BaseException:
-    exc.__cause__ = RemoteTraceback(tb)
-    return exc
-
-
-class _Portable:
-    """Pickles as the exception itself, with the traceback text re-attached as its cause."""
-
-    __slots__ = ("exc", "tb")
-
-    def __init__(self, exc: BaseException, tb: str) -> None:
-        self.exc = exc
-        self.tb = tb
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_attach_tb, (self.exc, self.tb))
-
-
-def portable_exception(exc: BaseException, where: str) -> Any:
-    """Prepare ``exc`` for a trip through pickle to another process or machine.
-
-    The traceback is formatted here, where the frames exist; after unpickling the exception
-    has a :class:`~bingfa.executor.RemoteTraceback` ``__cause__`` holding it. An exception
-    that does not survive pickling becomes a :class:`~bingfa.executor.RemoteTaskError` with
-    its type name and message. Mutates ``exc`` (drops its frames): call it in the worker.
-    """
-    header = f"Traceback in {where}:\n"
-    tb = header + "".join(traceback.format_exception(exc))
-    try:
-        pickle.loads(pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL))
-    except Exception:
-        try:
-            message = str(exc)
-        except Exception:
-            message = "<str() failed>"
-        exc = RemoteTaskError(f"{type(exc).__module__}.{type(exc).__qualname__}", message)
-    exc.__traceback__ = None
-    exc.__context__ = None
-    exc.__cause__ = None
-    return _Portable(exc, tb)
 
 
 # --- statistics --------------------------------------------------------------------------------
