@@ -186,3 +186,163 @@ def gevent_patched() -> bool:
 async def loop_module() -> str:
     """The module of the running event loop's class (``uvloop`` or ``asyncio...``)."""
     return type(asyncio.get_running_loop()).__module__
+
+
+# --- pickling faults and reference tracking (test_pool_faults) -------------------------------
+
+#: what a "bomb" raises, by name: non-``Exception``s are the interesting ones
+BOMB_KINDS = ("SystemExit", "KeyboardInterrupt", "ValueError")
+
+
+def _bomb(kind: str) -> BaseException:
+    if kind == "SystemExit":
+        return SystemExit(3)
+    if kind == "KeyboardInterrupt":
+        return KeyboardInterrupt()
+    return ValueError("bomb")
+
+
+def _detonate(kind: str, pid: int, here: bool) -> LoadBomb:
+    """Reconstructor of :class:`LoadBomb`: raise ``kind`` if unpickled in the chosen process."""
+    if (os.getpid() == pid) == here:
+        raise _bomb(kind)
+    return LoadBomb(kind, pid, here)
+
+
+class LoadBomb:
+    """Pickles fine; *unpickling* it raises ``kind`` in process ``pid`` (``here=True``) or in
+    every process but ``pid`` (``here=False``), and rebuilds it elsewhere."""
+
+    def __init__(self, kind: str, pid: int, here: bool = True) -> None:
+        self.kind = kind
+        self.pid = pid
+        self.here = here
+
+    def __reduce__(self) -> Any:
+        return _detonate, (self.kind, self.pid, self.here)
+
+
+class DumpBomb:
+    """*Pickling* it (with pickle or cloudpickle) raises ``kind``."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __reduce__(self) -> Any:
+        raise _bomb(self.kind)
+
+
+def _detonate_error(kind: str, pid: int) -> LoadBombError:
+    if os.getpid() == pid:
+        raise _bomb(kind)
+    return LoadBombError(kind, pid)
+
+
+class LoadBombError(Exception):
+    """An exception that travels fine until it is unpickled in process ``pid``."""
+
+    def __init__(self, kind: str, pid: int) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.pid = pid
+
+    def __reduce__(self) -> Any:
+        return _detonate_error, (self.kind, self.pid)
+
+
+class DumpBombError(Exception):
+    """An exception whose pickling raises ``kind``."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+    def __reduce__(self) -> Any:
+        raise _bomb(self.kind)
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def return_load_bomb(kind: str, pid: int) -> LoadBomb:
+    """A result that explodes when unpickled in process ``pid`` (the caller)."""
+    return LoadBomb(kind, pid)
+
+
+def return_dump_bomb(kind: str) -> DumpBomb:
+    """A result that cannot be pickled back: pickling it raises ``kind``."""
+    return DumpBomb(kind)
+
+
+def raise_load_bomb(kind: str, pid: int) -> None:
+    raise LoadBombError(kind, pid)
+
+
+def raise_dump_bomb(kind: str) -> None:
+    raise DumpBombError(kind)
+
+
+def slow_load_bomb_at(x: int, bad: int, pid: int) -> Any:
+    """Takes 30 ms (so a long batch flushes ``P`` frames); item ``bad`` returns a result that
+    explodes when unpickled in process ``pid``."""
+    time.sleep(0.03)
+    return LoadBomb("SystemExit", pid) if x == bad else x
+
+
+def _append_line(path: str, line: str) -> None:
+    """One atomic ``O_APPEND`` write (safe from several processes at once)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
+
+
+class Tracked:
+    """Appends ``"<tag> <pid>"`` to the file ``path`` when an instance is freed - in whatever
+    process it lives, so a test can see a worker let go of its copy."""
+
+    def __init__(self, path: str, tag: str) -> None:
+        self.path = path
+        self.tag = tag
+
+    def __del__(self) -> None:
+        try:
+            _append_line(self.path, f"{self.tag} {os.getpid()}")
+        except Exception:
+            pass
+
+
+class TrackedCallable(Tracked):
+    """A :class:`Tracked` task function: ``obj(x)`` returns a new ``Tracked(path, "result")``;
+    with ``yields`` it first sleeps a moment (a greenlet switch in a gevent worker)."""
+
+    def __init__(self, path: str, tag: str, yields: bool = False) -> None:
+        super().__init__(path, tag)
+        self.yields = yields
+
+    def __call__(self, x: Any) -> Tracked:
+        if self.yields:
+            time.sleep(0.001)
+        return Tracked(self.path, "result")
+
+
+def make_tracked(path: str, tag: str) -> Tracked:
+    """A result that records when the worker frees it."""
+    return Tracked(path, tag)
+
+
+def freed_in_other_processes(path: str) -> set[str]:
+    """The tags of :class:`Tracked` objects freed in processes other than this one."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return set()
+    me = str(os.getpid())
+    return {tag for tag, pid in (line.split() for line in lines if line) if pid != me}
+
+
+def return_dump_bomb_at(x: int, bad: int = 1) -> Any:
+    """``x``, except that item ``bad`` returns a result whose pickling raises ``SystemExit``."""
+    return DumpBomb("SystemExit") if x == bad else x

@@ -8,15 +8,22 @@ blocking stdlib call a task makes (``time.sleep``, sockets, ``urllib``, ``subpro
 to the gevent hub, and up to ``concurrency`` tasks run as greenlets at once.
 
 The pipes to the caller are read and written with gevent's cooperative ``nb_read``/``nb_write``.
+
+A finished job leaves nothing behind: each job is started by :func:`_start_job` (its locals die
+on return), a greenlet drops its arguments when it finishes, and what the worker remembers
+about a function (:func:`_has_yielded`) it remembers weakly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
 import sys
 import time
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -26,9 +33,9 @@ import gevent.pool
 import greenlet  # type: ignore[import-untyped]
 
 from bingfa.executor import _wire as wire
-from bingfa.executor._errors import TaskTimeout, wrap_exception
+from bingfa.executor._errors import TaskTimeout
 from bingfa.executor._jobs import Errors, run_calls, task_repr
-from bingfa.executor._worker import dump_error, dump_result, load_job, run_initializer
+from bingfa.executor._worker import dump_error, dump_result, load_job, run_initializer, wrap_error
 
 __all__ = ["main"]
 
@@ -81,6 +88,7 @@ class _Writer:
                     view = view[n:]
             except OSError:
                 os._exit(71)  # the caller is gone
+            del data, view  # do not hold the last results while waiting for the next ones
             self.writing = False
 
     def drain(self) -> None:
@@ -99,8 +107,24 @@ def _watch_lifeline(fd: int) -> None:
 
 #: greenlet switches so far (counted by a greenlet trace function)
 _switches = [0]
-#: per function: has a call of it ever yielded to the hub? (then its calls get greenlets)
-_yields: dict[Any, bool] = {}
+#: the functions a call of which has yielded to the hub (their calls get greenlets); weak, so
+#: that a function sent by value is not kept alive by what we remember about it
+_yields: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _has_yielded(fn: Callable[..., Any]) -> bool:
+    """Whether a call of ``fn`` has yielded to the hub (``False`` for a function that cannot be
+    weakly referenced: its calls start inline, and the first one that yields moves the rest of
+    its batch to greenlets - correct, only a little less concurrent)."""
+    try:
+        return _yields.get(fn, False)
+    except TypeError:
+        return False
+
+
+def _mark_yielded(fn: Callable[..., Any]) -> None:
+    with contextlib.suppress(TypeError):
+        _yields[fn] = True
 
 
 def _count_switch(event: str, args: Any) -> None:
@@ -125,7 +149,7 @@ class _Job:
         self.errors: Errors = None
 
     def _error(self, exc: BaseException) -> Any:
-        return wrap_exception(exc, self.where)
+        return wrap_error(exc, self.where)
 
     def one(self, i: int) -> None:
         """Run call ``i`` (``values`` must already hold ``len(items)`` slots)."""
@@ -164,7 +188,7 @@ class _Job:
         n = len(self.items)
         fn = self.fn
         i = 0
-        if n > 1 and self.timeout is None and not _yields.get(fn, False):
+        if n > 1 and self.timeout is None and not _has_yielded(fn):
             group = 1
             while i < n:
                 before = _switches[0]
@@ -175,7 +199,7 @@ class _Job:
                 )  # fmt: skip
                 i = end
                 if _switches[0] != before:
-                    _yields[fn] = True
+                    _mark_yielded(fn)
                     break
                 group = min(group * 2, 1024)
         if i < n:
@@ -228,18 +252,34 @@ def main(task_fd: int, result_fd: int, lifeline_fd: int) -> None:
         body = reader.next()
         if body is None or body[:1] == wire.K_STOP:
             break
-        _, job_id = wire.JOB.unpack_from(body)
-        try:
-            fn, items, star, kwargs_list, timeout = load_job(body)
-        except BaseException as exc:
-            writer.put(wire.JOBFAIL.pack(wire.K_JOBFAIL, job_id) + dump_error(exc, where))
-            continue
-        job = _Job(fn, items, star, kwargs_list, timeout, where)
-        if len(items) == 1:
-            pool.spawn(run_job, job_id, job)
-        else:
-            jobs.spawn(run_job, job_id, job)
+        _start_job(body, where, writer, pool, jobs, run_job)
+        del body  # the pickled arguments must not outlive their job while we wait
     pool.join()
     jobs.join()
     writer.drain()
     os._exit(0)
+
+
+def _start_job(
+    body: bytes,
+    where: str,
+    writer: _Writer,
+    pool: Any,
+    jobs: Any,
+    run_job: Callable[[int, _Job], None],
+) -> None:
+    """Load the job in ``body`` and start it in a greenlet (a single call in ``pool``, a batch
+    in ``jobs``); a job that does not unpickle - ``SystemExit`` from a ``__setstate__``
+    included - fails by itself. A function of its own so that its locals (function, arguments)
+    are gone when it returns, not kept until the next job arrives."""
+    _, job_id = wire.JOB.unpack_from(body)
+    try:
+        fn, items, star, kwargs_list, timeout = load_job(body)
+    except BaseException as exc:
+        writer.put(wire.JOBFAIL.pack(wire.K_JOBFAIL, job_id) + dump_error(exc, where))
+        return
+    job = _Job(fn, items, star, kwargs_list, timeout, where)
+    if len(items) == 1:
+        pool.spawn(run_job, job_id, job)
+    else:
+        jobs.spawn(run_job, job_id, job)

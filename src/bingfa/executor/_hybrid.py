@@ -16,14 +16,16 @@ thread.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
+import types
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bingfa.executor import _wire as wire
-from bingfa.executor._errors import TaskTimeout, wrap_exception
+from bingfa.executor._errors import TaskTimeout
 from bingfa.executor._jobs import Errors, is_coroutine_fn, run_calls, task_repr
 from bingfa.executor._pool import MpWorkerSpec, ProcessPool
 from bingfa.executor._worker import (
@@ -32,6 +34,7 @@ from bingfa.executor._worker import (
     load_job,
     run_initializer,
     setup_worker,
+    wrap_error,
 )
 
 __all__ = ["HybridSpec", "hybrid_pool", "hybrid_worker"]
@@ -143,7 +146,7 @@ class _HybridWorker:
             return
         self.outstanding += 1
         job = _HJob(fn, items, star, kwargs_list, timeout)
-        if is_coroutine_fn(fn):
+        if _returns_coroutine(fn):
             task = self.loop.create_task(self.run_async(job_id, job))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
@@ -151,7 +154,7 @@ class _HybridWorker:
             self.run_sync(job_id, job)
 
     def _wrap(self, exc: BaseException) -> Any:
-        return wrap_exception(exc, self.where)
+        return wrap_error(exc, self.where)
 
     async def run_async(self, job_id: int, job: _HJob) -> None:
         t0 = time.perf_counter()
@@ -231,6 +234,15 @@ class _HybridWorker:
 
         fut = loop.run_in_executor(self.pool, work)
         fut.add_done_callback(done)
+
+
+def _returns_coroutine(fn: Callable[..., Any]) -> bool:
+    """``is_coroutine_fn(fn)`` without its cache for plain functions, which would keep a
+    function sent by value (a lambda, a closure and what it captured) alive in this worker
+    after its task; for a plain function the answer is ``inspect.iscoroutinefunction``."""
+    if isinstance(fn, types.FunctionType):
+        return inspect.iscoroutinefunction(fn)
+    return is_coroutine_fn(fn)
 
 
 class _HJob:

@@ -23,6 +23,7 @@ import pickle
 import reprlib
 import sys
 import types
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -223,7 +224,8 @@ def task_repr(fn: Callable[..., Any], args: Args, kwargs: Kwargs) -> str:
     return f"{fn_name(fn)}({', '.join(parts)})"
 
 
-_coro_cache: dict[Callable[..., Any], bool] = {}
+# weak: the cache must not keep a submitted lambda or closure (and what it refers to) alive
+_coro_cache: weakref.WeakKeyDictionary[Callable[..., Any], bool] = weakref.WeakKeyDictionary()
 
 
 def is_coroutine_fn(fn: Callable[..., Any]) -> bool:

@@ -16,7 +16,18 @@ Design (see docs/executors.md, "How the process pool works"):
   first; then only the jobs it held fail with :class:`WorkerDied` (or :class:`TaskTimeout` when
   the pool killed it for overrunning), calls it had not started are given back (a single job is
   re-queued; a batch reports where they start for the map driver to resubmit), and a
-  replacement worker is started. Nothing waits on a dead worker, so nothing hangs.
+  replacement worker is started. Nothing waits on a dead worker, so nothing hangs. What
+  happens to each held job is decided by :func:`settle`, a pure function of what the pool
+  knows (the job's length, the prefix the worker reported, its slot), tested on its own.
+* A frame whose payload does not unpickle in the caller (a result, a partial result, an
+  exception) fails only the job it belongs to, whatever the unpickling raised - ``SystemExit``
+  from a ``__setstate__`` included. The IO thread never dies of it.
+* **Lifetime**: the pool stays registered for interpreter exit (``track``) until its IO thread
+  has finished and every worker is gone, so a ``shutdown(wait=False)`` still lets exit wait for
+  the pending work (as ``concurrent.futures`` does, gh-83386). ``shutdown(wait=False)`` takes
+  no lock, so it can run anywhere: from a ``weakref.finalize`` of the owning ``Executor``
+  (possibly triggered by the garbage collector in the middle of the IO thread's own work), a
+  done-callback, or the IO thread itself.
 """
 
 from __future__ import annotations
@@ -31,9 +42,11 @@ import signal
 import sys
 import threading
 import time
+import types
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bingfa.executor import _wire as wire
@@ -47,7 +60,7 @@ from bingfa.executor._errors import (
 from bingfa.executor._jobs import Errors, Job, dumps, dumps_fn
 from bingfa.executor._worker import SLOT_LOADING, SLOT_REPORTING
 
-__all__ = ["MpWorkerSpec", "ProcessPool", "WorkerHandle", "WorkerSpec"]
+__all__ = ["MpWorkerSpec", "ProcessPool", "Settlement", "WorkerHandle", "WorkerSpec", "settle"]
 
 log = logging.getLogger("bingfa.executor")
 
@@ -57,6 +70,133 @@ MAX_REQUEUES = 3
 MAX_STARTUP_FAILURES = 3
 #: how long graceful shutdown waits for a stopped worker to exit before killing it
 STOP_GRACE_S = 5.0
+
+# what a dead worker's unreported calls are known to have gone through (``WorkerDied.reason``)
+REASON_HELD = "while it held the task"
+REASON_NOT_STARTED = "before the task started"
+REASON_LOADING = "while loading the task"
+REASON_LOST = "after running the task, before reporting its result"
+REASON_RUNNING = "while running the task"
+
+
+# --- what a dead worker's jobs become -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """The fate of one job whose worker died (see :func:`settle`).
+
+    Attributes:
+        requeue: the worker never started the job: queue it again, unchanged.
+        requeues: the job's re-queue count from now on (``Job.requeues``).
+        errors: the failures to add, by item index - exactly the items from the reported
+            prefix on, up to ``not_run_from`` (or the end); empty when ``requeue``.
+        not_run_from: the first of the items the worker never started, which the map driver
+            runs again (they end the job), or ``None``.
+    """
+
+    requeue: bool
+    requeues: int
+    errors: Mapping[int, BaseException]
+    not_run_from: int | None
+
+
+_NO_ERRORS: Mapping[int, BaseException] = types.MappingProxyType({})
+
+
+def settle(
+    n: int,
+    reported: int,
+    state: float | None,
+    group_end: int,
+    *,
+    sequential: bool,
+    requeues: int,
+    kill_timeout: float | None,
+    terminated: bool,
+    pid: int,
+    exitcode: int | None,
+    describe: Callable[[int], str],
+) -> Settlement:
+    """Decide what becomes of a job of ``n`` calls that a dead worker held. Pure: it only
+    reads its arguments (``describe`` excepted, which formats a call for the messages).
+
+    Args:
+        n: the job's number of calls.
+        reported: how many leading calls the worker reported before dying (``P`` frames);
+            their outcomes stand and this decides nothing about them.
+        state: the worker's slot state, if its slot names this job: ``SLOT_IDLE`` (not
+            started), ``SLOT_LOADING``, ``SLOT_REPORTING`` (all calls ran), or the index of the
+            first call of the group that was running; ``None`` if the slot names another job
+            or the worker has no slot (it never started this job, as far as we know).
+        group_end: the slot's end of that group (``0``: unknown, to the end of the job).
+        sequential: the worker runs one call at a time and keeps its slot up to date
+            (``process``); a concurrent worker (``hybrid``, ``gevent``) runs many at once and
+            has no slot, so all its unreported calls fail.
+        requeues: how often the job was re-queued before.
+        kill_timeout: the job's timeout if the pool killed the worker because the job's
+            running call overran it; that call then fails with :class:`TaskTimeout`.
+        terminated: the pool is being terminated: nothing is re-queued.
+        pid: the dead worker's pid; exitcode: its exit status (``-N`` for signal N) or None.
+        describe: ``describe(i)`` is a short repr of call ``i``.
+
+    Returns:
+        A :class:`Settlement`: re-queue a job that never started (at most
+        :data:`MAX_REQUEUES` times, never when terminating); otherwise fail the calls that
+        were running or whose outcome was lost, and report where the never-started calls of a
+        batch begin.
+    """
+    errors: dict[int, BaseException] = {}
+
+    def fail(lo: int, hi: int, reason: str) -> None:
+        for i in range(lo, hi):
+            errors[i] = WorkerDied(pid, exitcode, describe(i), reason)
+
+    def done(not_run_from: int | None = None) -> Settlement:
+        return Settlement(False, requeues, types.MappingProxyType(errors), not_run_from)
+
+    if not sequential:
+        fail(reported, n, REASON_HELD)
+        return done()
+    if state is None or state < SLOT_REPORTING:  # never started (SLOT_IDLE, or another job)
+        requeues += 1
+        if requeues <= MAX_REQUEUES and not terminated:
+            return Settlement(True, requeues, _NO_ERRORS, None)
+        fail(reported, n, REASON_NOT_STARTED)
+        return done()
+    if state == SLOT_LOADING:
+        fail(reported, n, REASON_LOADING)
+        return done()
+    if state == SLOT_REPORTING:  # every call ran; the report was being written
+        fail(reported, n, REASON_LOST)
+        return done()
+    # calls reported..idx-1 finished (their outcomes died with the worker); the group
+    # idx..end-1 was running; end.. never started
+    idx = max(int(state), reported)
+    if idx >= n:  # cannot happen with a consistent slot: nothing was running
+        fail(reported, n, REASON_LOST)
+        return done()
+    end = min(n, group_end) if group_end > 0 else n
+    end = max(end, idx + 1)
+    fail(reported, idx, REASON_LOST)
+    if end - idx == 1:
+        if kill_timeout is not None:
+            how = f"worker pid {pid} was killed and replaced"
+            errors[idx] = TaskTimeout(describe(idx), kill_timeout, pid, how)
+        else:
+            fail(idx, idx + 1, REASON_RUNNING)
+    else:
+        fail(idx, end, f"while running a group of {end - idx} small tasks this one was in")
+    return done(end if end < n else None)
+
+
+def _slot_view(slot: Any, job_id: int) -> tuple[float | None, int]:
+    """``(state, group_end)`` of a dead worker's slot for :func:`settle`; ``(None, 0)`` when
+    the slot does not name ``job_id`` (or there is no slot). The worker is dead, so the slot
+    no longer changes: no seqlock read needed."""
+    if slot is None or int(slot[0]) != job_id:
+        return None, 0
+    return float(slot[1]), max(0, int(slot[3]))
 
 
 class WorkerHandle:
@@ -139,6 +279,8 @@ class WorkerHandle:
     def wait_exit(self, timeout: float) -> int | None:
         """Reap the process and return its exit code (``-N`` for signal N), or ``None``."""
         proc = self.proc
+        if proc is None:  # already let go of (close)
+            return None
         if hasattr(proc, "join"):  # multiprocessing.Process
             proc.join(timeout)
             code = proc.exitcode
@@ -150,7 +292,16 @@ class WorkerHandle:
         return code if isinstance(code, int) else None
 
     def close(self) -> None:
-        """Close the caller's ends of the worker's pipes (and its pidfd)."""
+        """Close the caller's ends of the worker's pipes (and its pidfd); let go of the process.
+
+        A ``multiprocessing.Process`` is deliberately not ``close()``d. multiprocessing's own
+        exit handler takes a snapshot of ``active_children()`` and then ``join()``s each of
+        them, and ``join()`` on a closed Process raises ``ValueError: process object is
+        closed`` ("Exception ignored in atexit callback") - which happened whenever this IO
+        thread closed one in between. A reaped Process has left multiprocessing's children set
+        already (``join`` removes it), so dropping our reference frees it, and its ``Popen``'s
+        finalizer closes the sentinel; a snapshot still holding it joins it at once.
+        """
         self.pidfd = None  # its number may be reused by any file from now on
         for obj in self.keep:
             with contextlib.suppress(Exception):
@@ -159,9 +310,7 @@ class WorkerHandle:
                 else:
                     obj.close()
         self.keep = []
-        if hasattr(self.proc, "close"):
-            with contextlib.suppress(Exception):
-                self.proc.close()  # multiprocessing.Process: releases the sentinel
+        self.proc = None
 
 
 def open_pidfd(pid: int) -> int | None:
@@ -229,7 +378,7 @@ class MpWorkerSpec:
         self.init_blob = init_blob
         self.sequential = sequential
         self.capacity = capacity
-        self.main_by_ref = True  # forkserver and spawn import the main script in workers
+        self.main_by_ref = getattr(ctx, "imports_main", True)  # workers import __main__? _mpctx
 
     def items_concurrent(self, fn: Callable[..., Any]) -> bool:
         return not self.sequential
@@ -315,24 +464,28 @@ class ProcessPool(Backend):
         os.set_blocking(self._wake_w, False)
         weakref.finalize(self, _close_pipe, self._wake_r, self._wake_w)
         self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self._io = threading.Thread(target=self._io_main, name=f"bingfa-{model}-io", daemon=True)
         try:
             for _ in range(workers):
                 self._add_worker()
+            track(self)  # before the IO thread can finish (and untrack)
+            self._io.start()  # RuntimeError at interpreter shutdown: the workers must go too
         except BaseException:
+            untrack(self)
             for w in self._workers.values():
                 w.kill()
                 w.wait_exit(1.0)
                 w.close()
             self._close_fds()
             raise
-        self._io = threading.Thread(target=self._io_main, name=f"bingfa-{model}-io", daemon=True)
-        self._io.start()
-        track(self)
 
     # --- public (Backend) ------------------------------------------------------------------
 
     def parallelism(self, fn: Callable[..., Any]) -> int:
         return self._nworkers * self._spec.slots(fn)
+
+    def lanes(self, fn: Callable[..., Any]) -> int:
+        return self._nworkers  # each worker process takes batches
 
     def batch_items_concurrent(self, fn: Callable[..., Any]) -> bool:
         return self._spec.items_concurrent(fn)
@@ -350,7 +503,8 @@ class ProcessPool(Backend):
                         job.star,
                         job.kwargs_list,
                         job.timeout,
-                    )
+                    ),
+                    main_by_ref=self._spec.main_by_ref,
                 )
             except Exception as exc:  # not picklable even by cloudpickle: fail the future
                 job.future.set_exception(exc)
@@ -367,21 +521,35 @@ class ProcessPool(Backend):
             self._wake()
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        cancelled: list[Job] = []
+        """No new jobs; cancel the queued ones if asked; the IO thread finishes the rest, stops
+        the workers and cleans up. With ``wait``, block until it has (except when called from
+        the IO thread itself - a done-callback - which cannot wait for itself).
+
+        Safe from any thread and idempotent. Without ``cancel_futures`` it takes no lock: it
+        may run from a ``weakref.finalize`` that the garbage collector triggers while this very
+        thread holds the pool's lock (a plain ``Lock``, not re-entrant). Setting the two flags
+        needs no lock: a ``submit_job`` that read ``_closing`` before it was set queues its job
+        as if it had come just before the shutdown, and the IO thread decides that everything
+        is done under the lock.
+        """
+        self._closing = True
+        self._dirty = True
+        if cancel_futures:
+            self._cancel_pending()
+        self._wake()
+        if wait and threading.current_thread() is not self._io:
+            self._io.join()
+        # not untrack(self) here: the IO thread does that once everything has stopped, so that
+        # interpreter exit still waits for the work left after shutdown(wait=False)
+
+    def _cancel_pending(self) -> None:
         with self._lock:
-            self._closing = True
-            self._dirty = True
-            if cancel_futures:
-                cancelled = list(self._pending)
-                self._pending.clear()
+            cancelled = list(self._pending)
+            self._pending.clear()
         for job in cancelled:
             if not job.future.cancel() and not job.future.done():
                 # a re-queued job is already running: it cannot be cancelled, only failed
                 job.fail_all(lambda i: ExecutorClosed("executor shut down before the task ran"))
-        self._wake()
-        if wait and threading.current_thread() is not self._io:
-            self._io.join()
-        untrack(self)
 
     def terminate(self) -> None:
         with self._lock:
@@ -401,7 +569,7 @@ class ProcessPool(Backend):
         self._wake()
         if threading.current_thread() is not self._io:
             self._io.join(2.0)
-        untrack(self)
+        # the IO thread untracks the pool when it has cleaned up (see shutdown)
 
     # --- dispatch (caller threads and IO thread; under the lock) ----------------------------
 
@@ -551,12 +719,8 @@ class ProcessPool(Backend):
                 timeout = self._select_timeout()
                 # resolve futures last, right before blocking: a woken caller then finds the
                 # GIL free instead of waiting for this thread to finish its bookkeeping
-                for resolve in done:
-                    try:
-                        resolve()
-                    except Exception:  # a done-callback raising must not kill the pool
-                        log.exception("%s pool: resolving a future failed", self.model)
-                done.clear()
+                if done:
+                    self._resolve(done)
                 if self._all_stopped():
                     break
                 events = self._sel.select(timeout)
@@ -580,8 +744,24 @@ class ProcessPool(Backend):
         except BaseException:
             log.exception("%s pool: IO thread crashed; failing all tasks", self.model)
             self.terminate()
+            self._resolve(done)  # outcomes read before the crash are still good
         finally:
-            self._cleanup()
+            try:
+                self._cleanup()
+            finally:
+                # only now, with every worker gone: interpreter exit waits for a tracked pool
+                untrack(self)
+
+    def _resolve(self, done: list[Callable[[], None]]) -> None:
+        """(IO thread) Resolve the futures queued in ``done`` - their done-callbacks run here -
+        and forget them. A method of its own so that no local (a loop variable) keeps the
+        last finished job, its function, arguments or values alive while the thread waits."""
+        for resolve in done:
+            try:
+                resolve()
+            except BaseException:  # a done-callback raising, even SystemExit, must not kill us
+                log.exception("%s pool: resolving a future failed", self.model)
+        done.clear()
 
     def _select_timeout(self) -> float | None:
         timeout: float | None = None
@@ -641,90 +821,123 @@ class ProcessPool(Backend):
                     w.kill()
 
     def _on_readable(self, w: WorkerHandle, done: list[Callable[[], None]]) -> None:
-        eof = False
+        if self._drain(w, done):
+            self._on_death(w, done)
+
+    def _drain(self, w: WorkerHandle, done: list[Callable[[], None]]) -> bool:
+        """(IO thread) Read what ``w``'s result pipe holds now and handle its complete frames.
+        Returns True at end of file (the worker is gone or closed its end).
+
+        Used both when the pipe is readable and when the worker died: a pipe read returns
+        everything buffered up to its size, so a short read means the pipe is empty for now -
+        and, after the writer died, for good.
+        """
         while True:
             try:
                 data = os.read(w.result_fd, 1 << 20)
             except BlockingIOError:
-                break
+                return False
             except OSError:
-                eof = True
-                break
+                return True
             if not data:
-                eof = True
-                break
+                return True
             for body in w.inbuf.feed(data):
                 self._on_frame(w, body, done)
             if len(data) < (1 << 20):
-                break
-        if eof:
-            self._on_death(w, done)
+                return False
 
     def _on_frame(self, w: WorkerHandle, body: bytes, done: list[Callable[[], None]]) -> None:
-        kind = body[:1]
-        if kind == wire.K_RESULT:
-            _, job_id, elapsed, first = wire.RESULT.unpack_from(body)
-            raw = memoryview(body)[wire.RESULT.size :]
-            with self._lock:
-                job = self._pop_job_locked(w, job_id)
-                prefix = w.partials.pop(job_id, None)
-            if job is None:
-                return
-            try:
-                values, errors = pickle.loads(raw)
-            except Exception as load_err:
-                n = len(job) - first
-                values, errors = [None] * n, dict.fromkeys(range(n), load_err)
-            if first and prefix is not None:
-                values, errors = _join(prefix, first, values, errors)
-            done.append(functools.partial(job.resolve, values, errors, None, elapsed))
-        elif kind == wire.K_PARTIAL:
-            _, job_id, first = wire.PARTIAL.unpack_from(body)
-            try:
-                part_values, part_errors = pickle.loads(memoryview(body)[wire.PARTIAL.size :])
-            except Exception as load_err:
-                part_values, part_errors = [None], {0: load_err}
-            with self._lock:
-                if job_id in w.jobs:
-                    pv, pe = w.partials.setdefault(job_id, ([], {}))
-                    for k, e in (part_errors or {}).items():
-                        pe[len(pv) + k] = e
-                    pv.extend(part_values)
-        elif kind == wire.K_JOBFAIL:
-            _, job_id = wire.JOBFAIL.unpack_from(body)
-            with self._lock:
-                job = self._pop_job_locked(w, job_id)
-                w.partials.pop(job_id, None)
-            if job is None:
-                return
-            job_exc = self._load_exc(memoryview(body)[wire.JOBFAIL.size :])
-            done.append(functools.partial(job.fail_all, _const(job_exc)))
-        elif kind == wire.K_READY:
-            w.ready = True
-            self._startup_failures = 0
-        elif kind == wire.K_INITFAIL:
-            init_exc = self._load_exc(memoryview(body)[1:])
-            broken = InitializerFailed(f"worker initializer raised {init_exc!r}")
-            broken.__cause__ = init_exc
-            self._break(broken, done)
-        elif kind == wire.K_RETIRE:
-            with self._lock:
-                w.retiring = True
-                self._dirty = True
-            log.info(
-                "%s pool: worker pid %d retires (abandoned a timed-out thread)", self.model, w.pid
+        """Dispatch one frame on its kind byte (:data:`_FRAME_HANDLERS`)."""
+        handler = _FRAME_HANDLERS.get(body[:1])
+        if handler is None:
+            log.error(
+                "%s pool: worker pid %d sent a frame of unknown kind %r",
+                self.model,
+                w.pid,
+                body[:1],
             )
+            w.kill()  # it does not speak our protocol: its jobs fail as WorkerDied
+            return
+        try:
+            handler(self, w, body, done)
+        except Exception:  # a malformed frame; unpickling errors are handled by the handlers
+            log.exception("%s pool: bad frame from worker pid %d; killing it", self.model, w.pid)
+            w.kill()
+
+    def _on_result(self, w: WorkerHandle, body: bytes, done: list[Callable[[], None]]) -> None:
+        """``R``: a job's outcomes (after those already sent in ``P`` frames)."""
+        _, job_id, elapsed, first = wire.RESULT.unpack_from(body)
+        raw = memoryview(body)[wire.RESULT.size :]
+        with self._lock:
+            job = self._pop_job_locked(w, job_id)
+            prefix = w.partials.pop(job_id, None)
+        if job is None:
+            return
+        try:
+            values, errors = pickle.loads(raw)
+        except BaseException as load_err:  # even SystemExit from a __setstate__: this job only
+            n = len(job) - first
+            values, errors = [None] * n, dict.fromkeys(range(n), load_err)
+        if first and prefix is not None:
+            values, errors = _join(prefix, first, values, errors)
+        done.append(functools.partial(job.resolve, values, errors, None, elapsed))
+
+    def _on_partial(self, w: WorkerHandle, body: bytes, done: list[Callable[[], None]]) -> None:
+        """``P``: the outcomes of a finished prefix of a long batch (kept until ``R``)."""
+        _, job_id, first, count = wire.PARTIAL.unpack_from(body)
+        try:
+            part_values, part_errors = pickle.loads(memoryview(body)[wire.PARTIAL.size :])
+        except BaseException as load_err:  # those ``count`` items fail; the batch goes on
+            part_values, part_errors = [None] * count, dict.fromkeys(range(count), load_err)
+        with self._lock:
+            if job_id in w.jobs:
+                pv, pe = w.partials.setdefault(job_id, ([], {}))
+                for k, e in (part_errors or {}).items():
+                    pe[first + k] = e  # a pipe keeps frames in order: first == len(pv)
+                pv.extend(part_values)
+
+    def _on_jobfail(self, w: WorkerHandle, body: bytes, done: list[Callable[[], None]]) -> None:
+        """``F``: the worker could not load the job (its payload did not unpickle there)."""
+        _, job_id = wire.JOBFAIL.unpack_from(body)
+        with self._lock:
+            job = self._pop_job_locked(w, job_id)
+            w.partials.pop(job_id, None)
+        if job is None:
+            return
+        job_exc = self._load_exc(memoryview(body)[wire.JOBFAIL.size :])
+        done.append(functools.partial(job.fail_all, _const(job_exc)))
+
+    def _on_ready(self, w: WorkerHandle, body: bytes, done: list[Callable[[], None]]) -> None:
+        """``Y``: the worker has started (and run the initializer)."""
+        w.ready = True
+        self._startup_failures = 0
+
+    def _on_initfail(self, w: WorkerHandle, body: bytes, done: list[Callable[[], None]]) -> None:
+        """``E``: the initializer raised: the pool is broken."""
+        init_exc = self._load_exc(memoryview(body)[1:])
+        broken = InitializerFailed(f"worker initializer raised {init_exc!r}")
+        broken.__cause__ = init_exc
+        self._break(broken, done)
+
+    def _on_retire(self, w: WorkerHandle, body: bytes, done: list[Callable[[], None]]) -> None:
+        """``X``: the worker takes no more jobs (a hybrid worker abandoned a timed-out thread)."""
+        with self._lock:
+            w.retiring = True
+            self._dirty = True
+        log.info("%s pool: worker pid %d retires (abandoned a timed-out thread)", self.model, w.pid)
 
     @staticmethod
     def _load_exc(raw: memoryview) -> BaseException:
-        """The exception of a one-item ``(values, errors)`` payload (``dump_error``)."""
+        """The exception of a one-item ``(values, errors)`` payload (``dump_error``); if that
+        does not unpickle, what unpickling raised (whatever it is: this runs in the IO thread,
+        which must not die of it, and which never receives a real ``KeyboardInterrupt``)."""
         try:
             _, errors = pickle.loads(raw)
             exc = errors[0]
             if isinstance(exc, BaseException):
                 return exc
             return RuntimeError(repr(exc))
-        except Exception as exc:
+        except BaseException as exc:
             return exc
 
     def _break(self, err: BaseException, done: list[Callable[[], None]]) -> None:
@@ -747,17 +960,7 @@ class ProcessPool(Backend):
         """A worker exited (sentinel) or closed its result pipe (EOF). Settle what it held."""
         if w.dead:
             return
-        # 1. read whatever it wrote before dying: those results are good
-        with contextlib.suppress(OSError):
-            while True:
-                try:
-                    data = os.read(w.result_fd, 1 << 20)
-                except BlockingIOError:
-                    break
-                if not data:
-                    break
-                for body in w.inbuf.feed(data):
-                    self._on_frame(w, body, done)
+        self._drain(w, done)  # whatever it wrote before dying: those results are good
         code = w.wait_exit(0.5)
         if code is None:  # closed its pipe but still alive: make sure it is gone
             w.kill()
@@ -770,16 +973,16 @@ class ProcessPool(Backend):
             jobs = self._take_all_locked(w)
             partials = w.partials
             w.partials = {}
-            requeue: list[Job] = []
-            for job in jobs:
-                settled = self._settle(w, job, code, partials.get(job.id, ([], {})))
-                if settled is None:
-                    requeue.append(job)
-                else:
-                    done.append(functools.partial(job.resolve, *settled))
-            for job in reversed(requeue):
-                self._pending.appendleft(job)
             expected = w.stop_sent or self._terminated
+        # decide outside the lock: describing a task calls the arguments' __repr__ (user code)
+        requeue = [job for job in jobs if not self._settle(w, job, code, partials, done)]
+        if requeue:
+            with self._lock:
+                if not self._terminated:
+                    self._pending.extendleft(reversed(requeue))
+                    requeue = []
+            for job in requeue:  # terminate() ran meanwhile: it could not see these
+                job.fail_all(lambda i: ExecutorClosed("the executor was terminated"))
         w.close()
         if not expected:
             if jobs:
@@ -805,57 +1008,34 @@ class ProcessPool(Backend):
         w: WorkerHandle,
         job: Job,
         code: int | None,
-        prefix: tuple[list[Any], dict[int, Any]],
-    ) -> tuple[list[Any], Errors, int | None] | None:
-        """``(values, errors, not_run_from)`` for a job its dead worker held, or ``None`` to
-        re-queue it (it never started). See the module docstring."""
-        n = len(job)
-        values = list(prefix[0])
-        errors: dict[int, Any] = dict(prefix[1])
-        reported = len(values)
-
-        def fail(lo: int, hi: int, reason: str) -> None:
-            for i in range(lo, hi):
-                errors[i] = WorkerDied(w.pid, code, job.describe(i), reason)
-            values.extend([None] * (hi - lo))
-
-        lost = "after running the task, before reporting its result"
-        if not self._spec.sequential:
-            fail(reported, n, "while it held the task")
-            return values, errors, None
-        state: float | None = None
-        end = n
-        if w.slot is not None and int(w.slot[0]) == job.id:
-            state = float(w.slot[1])
-            end = min(n, int(w.slot[3])) if w.slot[3] > 0 else n
-        if state is None or state < SLOT_REPORTING:  # never started it
-            job.requeues += 1
-            if job.requeues <= MAX_REQUEUES and not self._terminated:
-                return None
-            fail(reported, n, "before the task started")
-            return values, errors, None
-        if state == SLOT_LOADING:
-            fail(reported, n, "while loading the task")
-            return values, errors, None
-        if state == SLOT_REPORTING:
-            fail(reported, n, lost)
-            return values, errors, None
-        idx = max(int(state), reported)
-        fail(reported, idx, lost)
-        if end - idx <= 1:
-            if w.kill_reason is not None and w.kill_reason[0] == job.id:
-                how = f"worker pid {w.pid} was killed and replaced"
-                errors[idx] = TaskTimeout(job.describe(idx), w.kill_reason[1], w.pid, how)
-                values.append(None)
-            else:
-                fail(idx, idx + 1, "while running the task")
-        else:
-            group = f"while running a group of {end - idx} small tasks this one was in"
-            fail(idx, end, group)
-        if end >= n:
-            return values, errors, None
-        values.extend([None] * (n - end))
-        return values, errors, end
+        partials: dict[int, tuple[list[Any], dict[int, Any]]],
+        done: list[Callable[[], None]],
+    ) -> bool:
+        """Apply :func:`settle` to a job the dead worker ``w`` held: queue its resolution in
+        ``done`` and return True, or return False if it is to be re-queued."""
+        prefix_values, prefix_errors = partials.get(job.id, ([], {}))
+        state, group_end = _slot_view(w.slot, job.id)
+        kill = w.kill_reason
+        decision = settle(
+            len(job),
+            len(prefix_values),
+            state,
+            group_end,
+            sequential=self._spec.sequential,
+            requeues=job.requeues,
+            kill_timeout=kill[1] if kill is not None and kill[0] == job.id else None,
+            terminated=self._terminated,
+            pid=w.pid,
+            exitcode=code,
+            describe=job.describe,
+        )
+        job.requeues = decision.requeues
+        if decision.requeue:
+            return False
+        values = prefix_values + [None] * (len(job) - len(prefix_values))
+        errors = {**prefix_errors, **decision.errors}
+        done.append(functools.partial(job.resolve, values, errors or None, decision.not_run_from))
+        return True
 
     def _housekeeping(self, done: list[Callable[[], None]]) -> None:
         """(IO thread) Replace lost workers, retire spent ones, dispatch, and stop when closing."""
@@ -931,6 +1111,18 @@ class ProcessPool(Backend):
     def _close_fds(self) -> None:
         with contextlib.suppress(Exception):
             self._sel.close()
+
+
+#: ``handler(pool, worker, frame body, done)`` for each kind of frame a worker sends
+_FrameHandler = Callable[[ProcessPool, WorkerHandle, bytes, list[Callable[[], None]]], None]
+_FRAME_HANDLERS: dict[bytes, _FrameHandler] = {
+    wire.K_RESULT: ProcessPool._on_result,
+    wire.K_PARTIAL: ProcessPool._on_partial,
+    wire.K_JOBFAIL: ProcessPool._on_jobfail,
+    wire.K_READY: ProcessPool._on_ready,
+    wire.K_INITFAIL: ProcessPool._on_initfail,
+    wire.K_RETIRE: ProcessPool._on_retire,
+}
 
 
 def _join(

@@ -10,8 +10,9 @@ caller → worker
 worker → caller
     ``Y`` ready (i32 pid); ``E`` the initializer failed (pickled wrapped exception);
     ``R`` job id, elapsed seconds (f64), index of its first outcome (u32; earlier ones came
-    in ``P`` frames), pickled outcomes; ``P`` job id, first index (u32),
-    pickled outcomes of a finished prefix of a long batch; ``F`` job id, pickled wrapped
+    in ``P`` frames), pickled outcomes; ``P`` job id, first index (u32), number of outcomes
+    (u32, so the caller can fail exactly those items if they do not unpickle), pickled
+    outcomes of a finished prefix of a long batch; ``F`` job id, pickled wrapped
     exception for the whole job (its payload could not be loaded); ``X`` retiring: send no more
     jobs (a hybrid worker abandoned a timed-out thread and will exit when idle).
 
@@ -35,7 +36,7 @@ __all__ = [
 _LEN: Final = struct.Struct("<I")
 JOB: Final = struct.Struct("<cQ")
 RESULT: Final = struct.Struct("<cQdI")
-PARTIAL: Final = struct.Struct("<cQI")
+PARTIAL: Final = struct.Struct("<cQII")
 JOBFAIL: Final = struct.Struct("<cQ")
 READY: Final = struct.Struct("<ci")
 

@@ -14,6 +14,9 @@ pinned on one call: the whole group (well under a millisecond of work) fails.
 Workers ignore SIGINT (the caller owns Ctrl-C and stops them), and a watchdog thread exits the
 worker if the caller disappears (its *lifeline* pipe reaches end of file), so a worker never
 outlives its caller even while stuck in a long task.
+
+Nothing of a finished task stays referenced in a worker: its function, arguments, values and
+errors are locals of :func:`_serve_one`, and the function cache holds functions only weakly.
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ import signal
 import sys
 import threading
 import time
+import traceback
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import cloudpickle
 
 from bingfa.executor import _wire as wire
-from bingfa.executor._errors import wrap_exception
+from bingfa.executor._errors import ExceptionWithTraceback, RemoteTaskError, wrap_exception
 from bingfa.executor._jobs import Errors, run_calls
 
 __all__ = [
@@ -41,6 +46,7 @@ __all__ = [
     "process_worker",
     "run_initializer",
     "setup_worker",
+    "wrap_error",
 ]
 
 # slot layout: [job id, first item of the running group or a state, monotonic start, end item]
@@ -75,17 +81,22 @@ def _watch_lifeline(fd: int) -> None:
     os._exit(70)
 
 
-_fn_cache: dict[bytes, Callable[..., Any]] = {}
+#: unpickled functions by blob, held *weakly*: a function importable by name stays cached as
+#: long as its module holds it, while a function sent by value (a closure, a callable object)
+#: lives only as long as a job that uses it - a worker must not keep a finished task's
+#: function (and whatever it refers to) alive until the next task arrives
+_fn_cache: weakref.WeakValueDictionary[bytes, Callable[..., Any]] = weakref.WeakValueDictionary()
 
 
 def load_fn(blob: bytes) -> Callable[..., Any]:
-    """Unpickle a function blob made by ``_jobs.dumps_fn``; cached per blob."""
+    """Unpickle a function blob made by ``_jobs.dumps_fn``; cached (weakly) per blob."""
     fn = _fn_cache.get(blob)
     if fn is None:
         fn = pickle.loads(blob)
-        if len(_fn_cache) > 256:
-            _fn_cache.clear()
-        _fn_cache[blob] = fn
+        try:
+            _fn_cache[blob] = fn
+        except TypeError:  # not weakly referenceable (e.g. a slotted callable): not cached
+            pass
     return fn
 
 
@@ -97,40 +108,88 @@ def load_job(body: bytes) -> tuple[Callable[..., Any], Any, Any, Any, Any]:
     return load_fn(fn_blob), items, star, kwargs_list, timeout
 
 
+def wrap_error(exc: BaseException, where: str = "") -> Any:
+    """:func:`~bingfa.executor._errors.wrap_exception` that never raises.
+
+    ``wrap_exception`` checks that ``exc`` survives a pickle round trip; an exception whose
+    ``__reduce__`` or reconstructor raises ``SystemExit`` (or any other non-``Exception``) would
+    escape that check and end the worker. Such an exception travels as a
+    :class:`RemoteTaskError` with its type name, message and traceback instead.
+    """
+    try:
+        return wrap_exception(exc, where)
+    except BaseException:  # whatever it raises, the task fails, not the worker
+        pass
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    try:
+        message = str(exc)
+    except BaseException:
+        message = "<str() failed>"
+    try:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException:
+        tb = f"{name}: {message}\n"
+    header = f"Traceback in worker{(' ' + where) if where else ''}:\n"
+    return ExceptionWithTraceback(RemoteTaskError(name, message), header + tb)
+
+
+def _pickling_error(value: Any) -> BaseException | None:
+    """Why ``value`` cannot be pickled (with pickle, nor with cloudpickle), or ``None``.
+
+    An ``Exception`` becomes a ``PicklingError`` naming it; anything else (``SystemExit``
+    raised by a ``__reduce__``, say) is returned as itself, so the item fails with it - what
+    ``concurrent.futures`` reports in that case."""
+    try:
+        pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        return None
+    except Exception:
+        pass
+    except BaseException as exc:  # cloudpickle would only raise it again
+        return exc
+    try:
+        cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        return None  # dump_result's final dumps falls back to cloudpickle too
+    except Exception as exc:
+        err = pickle.PicklingError(f"the task's result could not be pickled: {exc!r}")
+        err.__cause__ = exc
+        return err
+    except BaseException as exc:
+        return exc
+
+
 def dump_result(values: list[Any], errors: Errors) -> bytes:
     """Pickle ``(values, errors)`` for the caller; a value that will not pickle becomes that
-    item's error. Never raises for a bad value: items are tried one by one (pickle, then
-    cloudpickle) only if the whole list fails."""
+    item's error. Never raises - not even when a value's ``__reduce__`` raises ``SystemExit``
+    or ``KeyboardInterrupt``, which must fail that item, not end the worker. Items are tried
+    one by one (pickle, then cloudpickle) only if the whole list fails."""
     try:
         return pickle.dumps((values, errors), protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
+    except BaseException:  # find the culprits below
         pass
     values = list(values)
     errors = dict(errors or {})
     for i, value in enumerate(values):
-        try:
-            pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-            continue
-        except Exception:
-            pass
-        try:
-            cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-            continue  # the final dumps below falls back to cloudpickle too
-        except Exception as exc:
-            err = pickle.PicklingError(f"the task's result could not be pickled: {exc!r}")
-            err.__cause__ = exc
-            errors[i] = wrap_exception(err)
+        err = _pickling_error(value)
+        if err is not None:
+            errors[i] = wrap_error(err)
             values[i] = None
     try:
         return pickle.dumps((values, errors or None), protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
+    except BaseException:
+        pass
+    try:
         blob: bytes = cloudpickle.dumps((values, errors or None), protocol=pickle.HIGHEST_PROTOCOL)
         return blob
+    except BaseException as exc:  # a value changed while it was pickled
+        failure = pickle.PicklingError(f"the task's results could not be pickled: {exc!r}")
+    wrapped = wrap_error(failure)
+    n = len(values)
+    return pickle.dumps(([None] * n, dict.fromkeys(range(n), wrapped)), pickle.HIGHEST_PROTOCOL)
 
 
 def dump_error(exc: BaseException, where: str = "") -> bytes:
     """Pickle one exception (with its traceback) as a one-item ``(values, errors)``."""
-    return dump_result([None], {0: wrap_exception(exc, where)})
+    return dump_result([None], {0: wrap_error(exc, where)})
 
 
 def _subset(errors: Errors, lo: int, hi: int) -> Errors:
@@ -178,77 +237,89 @@ def process_worker(
         return
     wire.write_frame(rfd, wire.READY.pack(wire.K_READY, pid))
     slot[1] = SLOT_IDLE
+    on_error = functools.partial(wrap_error, where=where)
+    reader = wire.BufferedFrameReader(tfd)
+    while _serve_one(reader, rfd, slot, where, on_error):
+        pass
+
+
+def _serve_one(
+    reader: wire.BufferedFrameReader,
+    rfd: int,
+    slot: Any,
+    where: str,
+    on_error: Callable[[BaseException], Any],
+) -> bool:
+    """Read one job, run it and report it. ``False`` when told to stop or the caller is gone.
+
+    A function of its own so that the job's function, arguments, values and errors are all
+    locals that die when it returns: an idle worker holds nothing of its last task.
+    """
+    try:
+        body = reader.next()
+    except OSError:
+        return False
+    if body is None or body[:1] == wire.K_STOP:
+        return False
+    _, job_id = wire.JOB.unpack_from(body)
+    slot[0] = float(job_id)
+    slot[1] = SLOT_LOADING
+    try:
+        fn, items, star, kwargs_list, _timeout = load_job(body)
+    except BaseException as exc:  # SystemExit from a __setstate__ included: fail this job only
+        wire.write_frame(rfd, wire.JOBFAIL.pack(wire.K_JOBFAIL, job_id) + dump_error(exc, where))
+        slot[1] = SLOT_IDLE
+        return True
+    del body
     perf = time.perf_counter
     mono = time.monotonic
-    on_error = functools.partial(wrap_exception, where=where)
-    reader = wire.BufferedFrameReader(tfd)
-    while True:
+    n = len(items)
+    if n == 1 and kwargs_list is None:  # a single call (submit): the short way
+        slot[3] = 1.0
+        slot[2] = mono()
+        slot[1] = 0.0
+        t0 = perf()
         try:
-            body = reader.next()
-        except OSError:
-            return
-        if body is None or body[:1] == wire.K_STOP:
-            return
-        _, job_id = wire.JOB.unpack_from(body)
-        slot[0] = float(job_id)
-        slot[1] = SLOT_LOADING
-        try:
-            fn, items, star, kwargs_list, _timeout = load_job(body)
+            single = [fn(*items[0]) if star else fn(items[0])]
+            single_errors: Errors = None
         except BaseException as exc:
-            wire.write_frame(
-                rfd, wire.JOBFAIL.pack(wire.K_JOBFAIL, job_id) + dump_error(exc, where)
-            )
-            slot[1] = SLOT_IDLE
-            continue
-        del body
-        n = len(items)
-        if n == 1 and kwargs_list is None:  # a single call (submit): the short way
-            slot[3] = 1.0
-            slot[2] = mono()
-            slot[1] = 0.0
-            t0 = perf()
-            try:
-                single = [fn(*items[0]) if star else fn(items[0])]
-                single_errors: Errors = None
-            except BaseException as exc:
-                single, single_errors = [None], {0: wrap_exception(exc, where)}
-            elapsed = perf() - t0
-            slot[1] = SLOT_REPORTING
-            head = wire.RESULT.pack(wire.K_RESULT, job_id, elapsed, 0)
-            wire.write_frame(rfd, head + dump_result(single, single_errors))
-            del single, single_errors, items
-            slot[1] = SLOT_IDLE
-            slot[0] = 0.0
-            continue
-        values: list[Any] = []
-        errors: Errors = None
-        flushed = 0
-        group = 1  # calls run between two slot updates; grows while calls are tiny
-        t0 = last = perf()
-        j = 0
-        while j < n:
-            end = min(n, j + group)
-            slot[3] = float(end)
-            slot[2] = mono()
-            slot[1] = float(j)
-            ts = perf()
-            errors = run_calls(fn, items, star, kwargs_list, values, errors, j, end, on_error)
-            now = perf()
-            if now - ts < GROUP_BELOW_S:
-                group = min(group * 2, 4096)
-            elif group > 1:
-                group //= 2
-            j = end
-            if j < n and now - last > PARTIAL_FLUSH_S:
-                head = wire.PARTIAL.pack(wire.K_PARTIAL, job_id, flushed)
-                part = dump_result(values[flushed:j], _subset(errors, flushed, j))
-                wire.write_frame(rfd, head + part)
-                flushed = j
-                last = now
+            single, single_errors = [None], {0: on_error(exc)}
         elapsed = perf() - t0
         slot[1] = SLOT_REPORTING
-        head = wire.RESULT.pack(wire.K_RESULT, job_id, elapsed, flushed)
-        wire.write_frame(rfd, head + dump_result(values[flushed:], _subset(errors, flushed, n)))
-        del values, errors, items
+        head = wire.RESULT.pack(wire.K_RESULT, job_id, elapsed, 0)
+        wire.write_frame(rfd, head + dump_result(single, single_errors))
         slot[1] = SLOT_IDLE
         slot[0] = 0.0
+        return True
+    values: list[Any] = []
+    errors: Errors = None
+    flushed = 0
+    group = 1  # calls run between two slot updates; grows while calls are tiny
+    t0 = last = perf()
+    j = 0
+    while j < n:
+        end = min(n, j + group)
+        slot[3] = float(end)
+        slot[2] = mono()
+        slot[1] = float(j)
+        ts = perf()
+        errors = run_calls(fn, items, star, kwargs_list, values, errors, j, end, on_error)
+        now = perf()
+        if now - ts < GROUP_BELOW_S:
+            group = min(group * 2, 4096)
+        elif group > 1:
+            group //= 2
+        j = end
+        if j < n and now - last > PARTIAL_FLUSH_S:
+            head = wire.PARTIAL.pack(wire.K_PARTIAL, job_id, flushed, j - flushed)
+            part = dump_result(values[flushed:j], _subset(errors, flushed, j))
+            wire.write_frame(rfd, head + part)
+            flushed = j
+            last = now
+    elapsed = perf() - t0
+    slot[1] = SLOT_REPORTING
+    head = wire.RESULT.pack(wire.K_RESULT, job_id, elapsed, flushed)
+    wire.write_frame(rfd, head + dump_result(values[flushed:], _subset(errors, flushed, n)))
+    slot[1] = SLOT_IDLE
+    slot[0] = 0.0
+    return True
