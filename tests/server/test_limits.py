@@ -202,6 +202,44 @@ def test_offload_process_keeps_the_loop_responsive(spawn_server: Any) -> None:
     assert latencies["none"] > 0.25, latencies
 
 
+def _offload_workers(server_pid: int) -> list[psutil.Process]:
+    """The offload pool's worker processes: the fork server's children under the server."""
+    workers = []
+    for child in psutil.Process(server_pid).children(recursive=True):
+        try:
+            if "forkserver" in " ".join(child.cmdline()):
+                workers.extend(child.children())
+        except psutil.NoSuchProcess:
+            continue
+    return workers
+
+
+def test_offload_process_worker_killed_fails_only_its_request(spawn_server: Any) -> None:
+    """kill -9 of the process running a request (the OOM killer, a segfaulting C extension):
+    that request's connection is closed, the pool replaces the worker, and the server goes on
+    answering - no pool-wide BrokenProcessPool."""
+    server = spawn_server("cpu", "asyncio", offload="process", offload_workers=2)
+    with Client(*server.address, timeout=30) as light:
+        assert light.request(b"10")
+    deadline = time.monotonic() + 10
+    while len(_offload_workers(server.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victims = _offload_workers(server.pid)
+    assert len(victims) == 2, victims
+    with Client(*server.address, timeout=30) as heavy:
+        heavy.send(b"200000000")  # far longer than the test: it must be the kill that ends it
+        time.sleep(0.3)
+        for proc in victims:
+            proc.kill()
+        with pytest.raises((ConnectionClosed, NetworkError)):
+            heavy.recv()
+    for _ in range(3):
+        with Client(*server.address, timeout=30) as c:
+            assert c.request(b"10")
+    assert psutil.Process(server.pid).is_running()
+    assert "WorkerDied" in server.log() or "was killed by SIGKILL" in server.log()
+
+
 def test_threadpool_shutdown_answers_queued_requests(spawn_server: Any) -> None:
     """A connection still queued for a worker at SIGTERM is answered if it already sent its
     request (and closed if it sent nothing), not dropped."""

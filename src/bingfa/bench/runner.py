@@ -292,17 +292,15 @@ _context: BaseContext | None = None
 
 
 def _mp_context() -> BaseContext:
-    """The multiprocessing context of the generator processes: ``forkserver`` with the worker
-    module preloaded (safe when the caller has threads, and cheap to start after the first
-    time); ``spawn`` where forkserver does not exist."""
+    """The multiprocessing context of the generator processes: the executors' choice
+    (:func:`bingfa.executor._mpctx.mp_context`: forkserver, safe when the caller has threads and
+    cheap to start after the first time; spawn where forkserver does not exist), with the
+    generator's worker module preloaded."""
     global _context
     if _context is None:
-        if "forkserver" in multiprocessing.get_all_start_methods():
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["bingfa.bench._worker"])
-            _context = ctx
-        else:
-            _context = multiprocessing.get_context("spawn")
+        from bingfa.executor._mpctx import mp_context
+
+        _context = mp_context(preload=("bingfa.bench._worker",))
     return _context
 
 

@@ -46,8 +46,9 @@ __all__ = ["mp_context", "started_unguarded", "workers_import_main"]
 _WORKER_MODULE = "bingfa.executor._worker"
 
 
-def mp_context(method: str | Any | None = None) -> Any:
-    """The multiprocessing context for worker processes.
+def mp_context(method: str | Any | None = None, preload: tuple[str, ...] = ()) -> Any:
+    """The multiprocessing context for worker processes - of executors, pipelines and the load
+    generator alike (``preload`` names the modules their workers run, for the fork server).
 
     ``None`` means **forkserver** where available (Linux, macOS), else spawn. Forkserver forks
     workers from a small single-threaded server process, so a worker never inherits a copy of a
@@ -99,8 +100,9 @@ def mp_context(method: str | Any | None = None) -> Any:
         # __main__ works - 3.13.8+, 3.14 - would run it there). A server already running keeps
         # its preloads; the children we fork from it are still told not to import the script.
         wanted = [m for m in mods if m != "__main__"] if unguarded else mods
-        if _WORKER_MODULE not in wanted:
-            wanted.append(_WORKER_MODULE)
+        for module in (_WORKER_MODULE, *preload):
+            if module not in wanted:
+                wanted.append(module)
         if wanted != mods:
             ctx.set_forkserver_preload(wanted)
     imports_main = start not in _NO_MAIN or (not unguarded and _main_reimported())

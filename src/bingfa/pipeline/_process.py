@@ -22,7 +22,6 @@ backend when consumers must be able to die.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import pickle
 import queue
@@ -36,6 +35,7 @@ from typing import Any, Final
 
 from bingfa.errors import BingfaError, UsageError
 from bingfa.executor import WorkerDied
+from bingfa.executor._mpctx import mp_context
 from bingfa.pipeline._engine import StageCounts
 from bingfa.pipeline._types import (
     ERR,
@@ -65,21 +65,10 @@ _QueueManager.register("PriorityQueue", queue.PriorityQueue)
 
 
 def _mp_context() -> Any:
-    """forkserver where available (no fork of a threaded parent, fast starts), else spawn.
-
-    The forkserver is asked to preload this module (if it has not started yet), so a new
-    worker does not import bingfa again.
-    """
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    if ctx.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        server = forkserver._forkserver  # type: ignore[attr-defined]
-        mods = list(getattr(server, "_preload_modules", None) or ["__main__"])
-        if __name__ not in mods:
-            ctx.set_forkserver_preload([*mods, __name__])
-    return ctx
+    """The executors' start method (:func:`bingfa.executor._mpctx.mp_context`: forkserver where
+    available, else spawn), with this module preloaded into the fork server so a new worker does
+    not import bingfa again."""
+    return mp_context(preload=(__name__,))
 
 
 def _dumps(obj: Any) -> bytes:
