@@ -6,6 +6,7 @@ messages, in order. Hypothesis generates both the messages and the cut points.
 
 from __future__ import annotations
 
+import pickle
 import struct
 import tracemalloc
 
@@ -685,3 +686,38 @@ class TestMakeCodec:
         assert bingfa.FrameCodec is FrameCodec
         assert bingfa.LineCodec is LineCodec
         assert bingfa.RawCodec is RawCodec
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+@pytest.mark.parametrize("message", ["text", 42, None])
+def test_encoding_a_non_bytes_message_says_what_was_wrong(protocol: str, message: object) -> None:
+    """A handler that returns ``str`` used to fail with ``can't concat str to bytes`` from deep
+    inside the codec; the error now names the type and, for text, the fix."""
+    with pytest.raises(UsageError, match=f"must be bytes.*not {type(message).__name__}") as info:
+        make_codec(protocol).encode(message)  # type: ignore[arg-type]
+    assert ("reply.encode()" in str(info.value)) == isinstance(message, str)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "look like an HTTP request ('GET '"),
+        (b"POST /a HTTP/1.1\r\n", "look like an HTTP request ('POST'"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "look like a TLS handshake"),
+    ],
+)
+def test_a_foreign_protocol_on_a_frame_connection_is_named(data: bytes, expected: str) -> None:
+    codec = make_codec("frame")
+    with pytest.raises(FrameTooLarge) as info:
+        codec.feed(data)
+    assert expected in str(info.value)
+    assert str(info.value).startswith("declared frame length")
+    again = pickle.loads(pickle.dumps(info.value))  # a process pool sends it back
+    assert str(again) == str(info.value) and again.hint == info.value.hint
+
+
+def test_an_absurd_length_that_is_not_another_protocol_has_no_hint() -> None:
+    with pytest.raises(FrameTooLarge) as info:
+        make_codec("frame").feed(b"\xff\xff\xff\xff")
+    assert info.value.hint == ""
+    assert str(info.value) == "declared frame length 4294967295 exceeds max_frame_size=16777216"

@@ -89,16 +89,22 @@ class FrameTooLarge(ProtocolError):
     Attributes:
         size: the declared length.
         limit: the largest length allowed.
+        hint: what the bytes look like instead, when they are recognisably another protocol
+            (an HTTP request, a TLS handshake), or ``""``.
     """
 
-    def __init__(self, size: int, limit: int, decoded: list[bytes] | None = None) -> None:
-        super().__init__(f"declared frame length {size} exceeds max_frame_size={limit}", decoded)
+    def __init__(
+        self, size: int, limit: int, decoded: list[bytes] | None = None, hint: str = ""
+    ) -> None:
+        message = f"declared frame length {size} exceeds max_frame_size={limit}"
+        super().__init__(f"{message} ({hint})" if hint else message, decoded)
         self.size = size
         self.limit = limit
+        self.hint = hint
 
     def __reduce__(self) -> tuple[Any, ...]:
         # See MessageTooLarge.__reduce__.
-        return (type(self), (self.size, self.limit, self.decoded), self.__dict__)
+        return (type(self), (self.size, self.limit, self.decoded, self.hint), self.__dict__)
 
 
 class ConnectionClosed(RemoteError):

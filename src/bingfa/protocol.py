@@ -128,9 +128,10 @@ class FrameCodec(Codec):
         while end_of_data - pos >= _HEADER_SIZE:
             (size,) = unpack_from(buf, pos)
             if size > limit:
+                hint = _foreign_protocol(bytes(buf[pos : pos + _HEADER_SIZE]))
                 # Drop everything: the stream cannot be resynchronised after a bad header.
                 buf.clear()
-                raise FrameTooLarge(size, limit, out)
+                raise FrameTooLarge(size, limit, out, hint)
             end = pos + _HEADER_SIZE + size
             if end > end_of_data:
                 break
@@ -141,10 +142,13 @@ class FrameCodec(Codec):
         return out
 
     def encode(self, message: bytes) -> bytes:
-        size = len(message)
-        if size > self.max_frame_size:
-            raise MessageTooLarge(size, self.max_frame_size)
-        return _HEADER.pack(size) + message
+        try:
+            size = len(message)
+            if size > self.max_frame_size:
+                raise MessageTooLarge(size, self.max_frame_size)
+            return _HEADER.pack(size) + message
+        except TypeError:
+            raise _not_bytes(message) from None
 
     @property
     def pending(self) -> int:
@@ -208,9 +212,13 @@ class LineCodec(Codec):
         return out
 
     def encode(self, message: bytes) -> bytes:
-        if len(message) > self.max_frame_size:
-            raise MessageTooLarge(len(message), self.max_frame_size)
-        if b"\n" in message:
+        try:
+            if len(message) > self.max_frame_size:
+                raise MessageTooLarge(len(message), self.max_frame_size)
+            newline = b"\n" in message
+        except TypeError:
+            raise _not_bytes(message) from None
+        if newline:
             raise UsageError("a message of the line protocol cannot contain a newline")
         if message.endswith(b"\r"):
             # The receiver drops a \r before the \n: the message would arrive shortened.
@@ -237,9 +245,39 @@ class RawCodec(Codec):
         return [data if data.__class__ is bytes else bytes(data)]
 
     def encode(self, message: bytes) -> bytes:
+        if message.__class__ is not bytes and not isinstance(
+            message, bytes | bytearray | memoryview
+        ):
+            raise _not_bytes(message)
         if len(message) > self.max_frame_size:
             raise MessageTooLarge(len(message), self.max_frame_size)
         return message
+
+
+#: first bytes of other protocols people point at a frame server by mistake
+_HTTP_METHODS: Final = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC", b"CONN")
+
+
+def _foreign_protocol(header: bytes) -> str:
+    """What a frame header that declared an absurd length looks like, or ``""``."""
+    if header.startswith(_HTTP_METHODS) or header == b"PRI ":
+        shown = header.decode("ascii", "replace")
+        return (
+            f"the bytes look like an HTTP request ({shown!r}...): this server speaks the frame "
+            "protocol, a 4-byte big-endian length and then the payload (docs/protocol.md)"
+        )
+    if header[:1] == b"\x16" and header[1:2] == b"\x03":
+        return "the bytes look like a TLS handshake: is the client using TLS and the server not?"
+    return ""
+
+
+def _not_bytes(message: object) -> UsageError:
+    """The error for a message (a handler's reply, a client's request) that is not bytes."""
+    hint = " - encode text first, e.g. reply.encode()" if isinstance(message, str) else ""
+    return UsageError(
+        f"a message must be bytes (a handler returns bytes or None), not "
+        f"{type(message).__name__}{hint}"
+    )
 
 
 PROTOCOLS: Final[dict[str, type[Codec]]] = {
