@@ -137,6 +137,13 @@ def format_address(host: str, port: int) -> str:
     "protection for thread models).  [default: never]",
 )
 @env_option(
+    "--handshake-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    help="TLS: seconds a client gets to complete its handshake (and that a client sending "
+    "nothing holds its connection).",
+)
+@env_option(
     "--request-timeout",
     type=click.FloatRange(min=0),
     default=None,
@@ -198,6 +205,7 @@ def serve(
     max_connections: int | None,
     max_children: int | None,
     idle_timeout: float | None,
+    handshake_timeout: float,
     request_timeout: float | None,
     offload: str,
     offload_workers: int | None,
@@ -235,6 +243,7 @@ def serve(
         "max_connections": max_connections,
         "max_children": max_children,
         "idle_timeout": idle_timeout,
+        "handshake_timeout": handshake_timeout,
         "request_timeout": request_timeout,
         "offload": offload,
         "offload_workers": offload_workers,

@@ -7,14 +7,18 @@ thread and fork models lives in :class:`BlockingServer`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import selectors
+import signal
 import socket
 import ssl
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, TypeAlias
 
 from bingfa.apps import Context, SyncHandler
 from bingfa.errors import ProtocolError
@@ -31,6 +35,10 @@ log = logging.getLogger("bingfa.server")
 
 _ACCEPT_BACKOFF = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
+HandshakeGuard: TypeAlias = Callable[[float], AbstractContextManager[object]]
+"""``guard(seconds)``: a context manager that raises an ``OSError`` in the block it guards once
+``seconds`` have passed (see :func:`_handshake`)."""
+
 WAKE_STOP = b"x"
 WAKE_STATS = b"s"
 
@@ -42,6 +50,7 @@ def serve_connection(
     peer: Any,
     conn: ConnStats | None = None,
     since: float | None = None,
+    handshake_guard: HandshakeGuard | None = None,
 ) -> None:
     """Serve one connection with blocking calls until the peer closes or misbehaves.
 
@@ -56,6 +65,10 @@ def serve_connection(
     the server's watchdog. ``since`` (a ``time.monotonic()`` value) starts the idle clock
     earlier than now — the thread pool passes the accept time, so a slowloris connection that
     already waited in its queue is dropped at once. Counts into ``conn`` and ``server.stats``.
+
+    With TLS the handshake comes first, under the same idle clock and within
+    ``config.handshake_timeout`` (see :func:`_handshake`); ``handshake_guard`` enforces that
+    deadline where the socket's own timeout is per read rather than total (gevent).
     Closes ``sock`` before returning; never raises.
     """
     if conn is None:
@@ -64,8 +77,12 @@ def serve_connection(
         sock.close()  # shutting down and nothing was asked on it yet (a queued connection)
         return
     stats = server.stats
+    now = time.monotonic
+    # The idle clock starts before the handshake: a TLS client is held to the same clock as a
+    # plaintext one, the handshake counting as part of its first request.
+    last_request = now() if since is None else since
     if server.ssl_context is not None:
-        tls = _handshake(server, sock, peer)
+        tls = _handshake(server, sock, peer, last_request, handshake_guard)
         if tls is None:
             return
         if server.draining and not tls.pending() and not has_unread(tls):
@@ -82,8 +99,6 @@ def serve_connection(
     send = sock.send
     idle = server.config.idle_timeout
     timed = server.config.request_timeout is not None
-    now = time.monotonic
-    last_request = now() if since is None else since
     if idle is not None:
         # settimeout(0) would mean non-blocking: keep a small positive floor.
         sock.settimeout(max(last_request + idle - now(), 0.001))
@@ -186,25 +201,87 @@ def serve_connection(
         sock.close()
 
 
-def _handshake(server: BaseServer, sock: socket.socket, peer: Any) -> ssl.SSLSocket | None:
-    """Run the server side of a TLS handshake, bounded by ``handshake_timeout``.
+def _handshake(
+    server: BaseServer,
+    sock: socket.socket,
+    peer: Any,
+    opened: float,
+    guard: HandshakeGuard | None = None,
+) -> ssl.SSLSocket | None:
+    """Run the server side of a TLS handshake on ``sock``, accepted at ``opened`` (monotonic).
+
+    Clocks: the handshake must be over within ``handshake_timeout`` of ``opened``, and within
+    ``idle_timeout`` of it (the idle clock runs from accept for TLS as for plaintext). Under
+    the thread pool the clock runs while a connection waits for a worker, so a client that has
+    sent nothing by its deadline is shed without costing a worker anything; one whose bytes
+    already wait gets a full window from the moment a worker starts on it (the queue, not the
+    client, took the time). Either way the handshake holds its thread at most that window.
+
+    Two phases. Until the client's first byte, the thread waits on ``sock`` itself (a peek), so
+    shutdown's ``SHUT_RD`` on the connection ends the wait at once, as for an idle plaintext
+    connection. Then the handshake proper runs to completion or to the deadline — a client that
+    is talking is not cut off by shutdown (it may be about to send a request). CPython's
+    ``do_handshake`` takes the socket timeout as a total deadline; where it is per read
+    (gevent), ``guard(seconds)`` wraps the handshake and must raise an ``OSError`` (such as
+    ``TimeoutError``) once the seconds have passed.
 
     Returns the TLS socket, or None after logging why the handshake failed (bad or missing
-    client certificate, a plaintext client, a timeout); ``sock`` is closed then.
+    client certificate, a plaintext client, a timeout, a reset; one ended by shutdown only at
+    DEBUG). All its descriptors are closed then: the TLS socket's if the wrap succeeded
+    (``wrap_socket`` detaches ``sock``), else ``sock``'s. Never raises.
     """
     assert server.ssl_context is not None
+    cfg = server.config
+    window = cfg.handshake_timeout
+    if cfg.idle_timeout is not None:
+        window = min(window, cfg.idle_timeout)
+    deadline = opened + window
+    tls: ssl.SSLSocket | None = None
+    reason: str
     try:
-        sock.settimeout(server.config.handshake_timeout)
+        if has_unread(sock):
+            deadline = time.monotonic() + window
+        else:
+            _first_byte(sock, deadline, window)
+        left = max(deadline - time.monotonic(), 0.001)  # a timeout of 0 means non-blocking
+        sock.settimeout(left)
         tls = server.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        tls.do_handshake()
+        with guard(left) if guard is not None else contextlib.nullcontext():
+            tls.do_handshake()
         tls.settimeout(None)
         return tls
     except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
+        # A string, not the exception: keeping the exception in this frame would make a cycle
+        # (exception -> traceback -> frame) holding the socket until the garbage collector ran.
+        reason = str(getattr(exc, "reason", None) or exc)
+    if server.draining:  # shutdown stopped reading from it, or it gave up meanwhile
+        log.debug("TLS handshake with %s ended by shutdown: %s", peer, reason)
+    else:
         log.warning("TLS handshake with %s failed: %s", peer, reason)
         server.stats.error()
-        sock.close()
-        return None
+    (sock if tls is None else tls).close()
+    return None
+
+
+def _first_byte(sock: socket.socket, deadline: float, window: float) -> None:
+    """Wait until ``sock`` has a byte to read, leaving it unread; by ``deadline`` (monotonic).
+
+    Raises:
+        TimeoutError: nothing came by then (``window`` is the allowance, for the message).
+        ConnectionAbortedError: end of stream first — the client left, or shutdown stopped
+            reading from the connection.
+        OSError: the connection failed (reset).
+    """
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"nothing received within {window:g}s of accept")
+    sock.settimeout(left)
+    try:
+        first = sock.recv(1, socket.MSG_PEEK)
+    except TimeoutError:
+        raise TimeoutError(f"nothing received within {window:g}s of accept") from None
+    if not first:
+        raise ConnectionAbortedError("the connection closed before a TLS hello")
 
 
 class BlockingServer(BaseServer):
@@ -309,6 +386,26 @@ class BlockingServer(BaseServer):
             # burst just before SIGTERM). Take them now: while draining, serve_connection
             # answers those with a request waiting and closes the others.
             self._accept_ready(listener, 0.0, final=True)
+        self._close_wake_sockets()
+
+    def _close_wake_sockets(self) -> None:
+        """Close the wake-up socket pair, first unregistering it as the signal wake-up fd.
+
+        :func:`bingfa.server.serve` registers ``_wake_w`` with :func:`signal.set_wakeup_fd`
+        and restores its previous value only once ``serve_forever`` returns — after the drain.
+        A signal meanwhile (a second Ctrl-C, a fork child's SIGCHLD) would make CPython write
+        to the closed descriptor ("Exception ignored ... Bad file descriptor"), or into whatever
+        socket reuses its number. So the registration goes first: the wake-up fd is set to -1
+        if it is ours (``serve`` then puts back the one before it), left alone otherwise.
+        """
+        ours = self._wake_w.fileno()
+        if threading.current_thread() is threading.main_thread():  # only it may set the fd
+            current = signal.set_wakeup_fd(-1)
+            if current != ours and current != -1:
+                # Someone else's: put it back. (There is no way to read it without replacing
+                # it; a signal in between only misses one wake-up byte.)
+                with contextlib.suppress(ValueError, OSError):
+                    signal.set_wakeup_fd(current)
         self._wake_r.close()
         self._wake_w.close()
 

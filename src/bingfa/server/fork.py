@@ -346,6 +346,10 @@ class ForkServer(BlockingServer):
     ) -> None:
         """Drop what belongs to the parent and install the child's signal handling."""
         self._children.clear()
+        # Unregister the inherited wake-up fd before closing our copy of it (signals are still
+        # blocked here, but a registered closed descriptor must never exist).
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(-1)
         for sock in (self._listen_sock, self._wake_r, self._wake_w):
             if sock is not None:
                 sock.close()  # our copies only: the parent's descriptors stay open
@@ -363,8 +367,6 @@ class ForkServer(BlockingServer):
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
-        with contextlib.suppress(ValueError):
-            signal.set_wakeup_fd(-1)
         if self.config.request_timeout is not None:
             self._arm_request_watchdog(conn, conn_stats)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)

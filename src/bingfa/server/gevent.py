@@ -11,7 +11,9 @@ inside the handler's greenlet at its next cooperative switch — real interrupti
 IO-waiting handlers, none for one that computes without yielding. ``offload="thread"`` (the
 default) runs ``kind="cpu"`` handlers in gevent's native thread pool so the hub keeps serving
 other connections; ``offload="process"`` is for the asyncio model — here it is refused with a
-UsageError (use ``--workers`` for CPU-bound work under gevent).
+UsageError (use ``--workers`` for CPU-bound work under gevent). A TLS handshake must finish
+within ``handshake_timeout`` in all (a ``gevent.Timeout``: gevent's own socket timeout is per
+read, so a client trickling its hello could stretch it otherwise).
 
 Patching must come first in the process, before ``threading``/``socket``/``ssl`` are used,
 or the process is half-patched. ``bingfa serve --model gevent`` arranges this (see
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import signal
 import socket
+from contextlib import AbstractContextManager
 from typing import Any
 
 from bingfa.apps import SyncHandler
@@ -53,6 +56,19 @@ def is_patched() -> bool:
     from gevent import monkey
 
     return bool(monkey.is_module_patched("socket") and monkey.is_module_patched("time"))
+
+
+def _within(seconds: float) -> AbstractContextManager[object]:
+    """The TLS handshake's deadline in a greenlet: gevent's ``SSLSocket.do_handshake`` applies
+    the socket timeout to each wait, so a client trickling its hello a byte at a time would
+    stretch it without end; a ``gevent.Timeout`` bounds the whole handshake instead (its
+    ``TimeoutError`` is reported like any failed handshake)."""
+    import gevent
+
+    timeout: AbstractContextManager[object] = gevent.Timeout(
+        seconds, TimeoutError(f"no TLS handshake within {seconds:.3g}s")
+    )
+    return timeout
 
 
 class GeventServer(BaseServer):
@@ -123,7 +139,7 @@ class GeventServer(BaseServer):
         conn = ConnStats(peer, sock)
         self._conns.add(conn)
         try:
-            serve_connection(self, self._call, sock, peer, conn)
+            serve_connection(self, self._call, sock, peer, conn, handshake_guard=_within)
         finally:
             self._conns.discard(conn)
 

@@ -6,7 +6,10 @@ waits in the queue until some connection closes — and a slow or idle client ho
 Choose ``thread`` or an event-loop model for many long-lived connections. Against slowloris
 (many connections that trickle bytes and never finish a request), set ``idle_timeout``: the
 idle clock starts at accept time, so a stalled connection that waited in the queue longer
-than that is dropped as soon as a worker picks it up.
+than that is dropped as soon as a worker picks it up. TLS clients run on the same clock, and the
+handshake has ``handshake_timeout`` from accept: a client that has sent nothing by then is
+closed as soon as a worker picks it up, and none holds a worker in its handshake for longer
+than that timeout.
 """
 
 from __future__ import annotations
