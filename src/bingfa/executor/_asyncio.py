@@ -234,6 +234,10 @@ class AsyncioBackend(Backend):
         if wait and threading.current_thread() is not self._thread:
             self._thread.join()
             untrack(self)
+        else:
+            # the loop may stop (and this backend be collected) while plain functions still
+            # wait in the thread pool: let the exit handler see that pool on its own
+            track(self._threads)
         # without waiting we stay tracked, so interpreter exit still finishes the work (as
         # concurrent.futures does, gh-83386); the registry holds us weakly
 

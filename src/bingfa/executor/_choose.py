@@ -26,6 +26,8 @@ __all__ = [
     "FEW",
     "IO_BOUND",
     "MIN_PROCESS_WORK_S",
+    "TINY_GROUP",
+    "TINY_S",
     "VERY_MANY",
     "Choice",
     "Kind",
@@ -46,6 +48,10 @@ CPU_BOUND: Final = 0.7
 IO_BOUND: Final = 0.3
 #: below this much estimated CPU work in total, worker processes cost more than they save
 MIN_PROCESS_WORK_S: Final = 0.25
+#: a probed call shorter than this is CPU work whatever the clocks say (they cost ~1 µs); the
+#: probe then times a group of up to ``TINY_GROUP`` more calls with one pair of readings
+TINY_S: Final = 20e-6
+TINY_GROUP: Final = 1000
 #: the probe runs at most this many items, and stops after this many seconds
 PROBE_ITEMS: Final = 3
 PROBE_BUDGET_S: Final = 0.2
@@ -145,12 +151,25 @@ def probe(
             break
     n = len(taken)
     busy = max(wall - waited, cpu)
-    return Probe(
-        taken,
-        outcomes,
-        cpu_fraction=min(1.0, cpu / busy) if busy > 0 else 1.0,
-        seconds_per_item=wall / n if n else 0.0,
-    )
+    cpu_fraction = min(1.0, cpu / busy) if busy > 0 else 1.0
+    per_item = wall / n if n else 0.0
+    if n == max_items and per_item < TINY_S:
+        # Calls this short are mostly the clocks' own cost: time a group of them with one pair
+        # of clock readings instead (a millisecond or less; its results are kept too).
+        group = list(itertools.islice(items, TINY_GROUP))
+        if group:
+            t0, c0 = time.perf_counter(), time.thread_time()
+            for item in group:
+                try:
+                    outcomes.append((True, fn(item)))
+                except Exception as exc:
+                    outcomes.append((False, exc))
+            group_wall = time.perf_counter() - t0
+            group_cpu = time.thread_time() - c0
+            taken.extend(group)
+            per_item = group_wall / len(group)
+            cpu_fraction = min(1.0, group_cpu / group_wall) if group_wall > 0 else 1.0
+    return Probe(taken, outcomes, cpu_fraction=cpu_fraction, seconds_per_item=per_item)
 
 
 def choose_model(
@@ -210,6 +229,11 @@ def choose_model(
     if kind is not None:
         how = f"kind={kind!r} given"
         k: str = kind
+    elif cpu_fraction is not None and seconds_per_item is not None and seconds_per_item < TINY_S:
+        # the probe's clocks cost about a microsecond each: a call this short cannot be told
+        # apart into waiting and computing, and it is not waiting on anything worth a thread
+        how = f"probe: ~{seconds_per_item * 1e6:.1f}µs per call, too short to be waiting"
+        k = "cpu"
     elif cpu_fraction is not None:
         how = f"probe: {cpu_fraction:.0%} CPU while running"
         k = "cpu" if cpu_fraction >= CPU_BOUND else "io" if cpu_fraction <= IO_BOUND else "mixed"
@@ -239,5 +263,13 @@ def choose_model(
     if not many:
         why = f"mixed CPU and waiting ({how}), {count} items: few → threads"
         return make("thread", max(1, n_items or 1), why, "mixed")
+    if seconds_per_item is not None and n_items is not None:
+        total = seconds_per_item * n_items
+        if total < MIN_PROCESS_WORK_S:
+            why = (
+                f"mixed CPU and waiting ({how}) but only ~{total:.2f}s of work in total: "
+                "worker processes would cost more than they save"
+            )
+            return make("thread", threads, why, "mixed")
     why = f"mixed CPU and waiting ({how}), {count} items → processes × threads"
     return make("hybrid", cpu_count(), why, "mixed")

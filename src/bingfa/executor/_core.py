@@ -179,9 +179,13 @@ class Executor(concurrent.futures.Executor):
         cluster_kwargs: dict[str, Any] | None,
     ) -> Backend:
         model = self.model
+        ctx = mp_context(mp_ctx) if model in ("process", "hybrid") else None
         init_blob = None
         if initializer is not None and model in ("process", "hybrid", "gevent"):
-            init_blob = dumps((dumps_fn(initializer), initargs))
+            # pickled the way the pool will pickle tasks: a guarded script's initializer goes by
+            # reference, so the globals it sets are the ones the script's tasks read
+            by_ref = ctx is not None and getattr(ctx, "imports_main", True)
+            init_blob = dumps((dumps_fn(initializer, by_ref), initargs), main_by_ref=by_ref)
         if model == "thread":
             from bingfa.executor._thread import ThreadBackend
 
@@ -190,9 +194,7 @@ class Executor(concurrent.futures.Executor):
             from bingfa.executor._pool import MpWorkerSpec, ProcessPool
             from bingfa.executor._worker import process_worker
 
-            spec = MpWorkerSpec(
-                mp_context(mp_ctx), "process", process_worker, (), init_blob, True, 1
-            )
+            spec = MpWorkerSpec(ctx, "process", process_worker, (), init_blob, True, 1)
             return ProcessPool(spec, self.workers, max_tasks, "process")
         if model == "asyncio":
             from bingfa.executor._asyncio import AsyncioBackend
@@ -204,7 +206,7 @@ class Executor(concurrent.futures.Executor):
             from bingfa.executor._hybrid import hybrid_pool
 
             return hybrid_pool(
-                mp_context(mp_ctx),
+                ctx,
                 self.workers,
                 threads or 4,
                 concurrency or 64,

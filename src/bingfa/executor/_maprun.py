@@ -52,7 +52,7 @@ class Chunker:
       or processes taking batches (for concurrent items: the processes or the one event loop,
       whose own pool bounds how many run at once), at least ``parallelism // 8`` for
       concurrent items; capped by :data:`MAX_CHUNK`. The first batches ramp up to that size
-      (1, 2, 4, ...), so the first result comes as soon as one call is done, as with
+      (1, 4, 16, ...), so the first result comes as soon as one call is done, as with
       ``concurrent.futures``, while nearly all items still travel in full-size batches.
     """
 
@@ -95,7 +95,7 @@ class Chunker:
             return self.fixed
         if self.static is not None:
             size = min(self.static, self.ramp)
-            self.ramp = size * 2
+            self.ramp = size * 4
             return size
         if self.concurrent:
             base = max(1, min(self.cap, self.parallelism // 8))
@@ -226,7 +226,7 @@ def _results(state: _MapState) -> Generator[Any, None, None]:
     as it is yielded, so the run does not keep results the caller has already had.
     """
     try:
-        while state.inflight:
+        while state.inflight and not state.closed:
             entry = state.step()
             if entry is None:
                 continue
@@ -374,6 +374,8 @@ class _MapState:
                     raise Timeout("map: the next result was not ready in time", None) from exc
                 raise
             except CancelledError:
+                if self.closed:  # close()d from another thread: the iteration just ends
+                    return None
                 raise
             except Exception:
                 pass
@@ -386,7 +388,8 @@ class _MapState:
                 if entry.future is not None and entry.future.done() and entry in self.inflight:
                     break
         fut = entry.future
-        assert fut is not None
+        if self.closed or fut is None:  # close()d from another thread while we waited
+            return None
         res = fut.result()  # raises if the whole batch failed (e.g. could not be pickled)
         assert isinstance(res, BatchResult)
         ran = len(res.values) if res.not_run_from is None else res.not_run_from

@@ -84,6 +84,10 @@ def mp_context(method: str | Any | None = None, preload: tuple[str, ...] = ()) -
         ctx = method
     start = ctx.get_start_method()
     unguarded = start in _NO_MAIN and _note_unguarded(started_unguarded())
+    # no script a child could import (``python - < script.py``: "<stdin>") counts as unguarded:
+    # multiprocessing would still try to run it in every child
+    nothing_to_import = start in _NO_MAIN and not unguarded and _main_unimportable()
+    unguarded = unguarded or nothing_to_import
     if unguarded and not _install_preparation_filter():
         raise UsageError(
             "this script starts worker processes from its top-level code, outside "
@@ -217,6 +221,16 @@ def _is_main_test(test: ast.expr) -> bool:
     )
 
 
+def _main_unimportable() -> bool:
+    """The main module names a file that does not exist (``python - < script.py``, an ``exec``
+    of generated code), so a child told to import it would fail."""
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None) is not None:
+        return False
+    path = getattr(main, "__file__", None)
+    return path is not None and not os.path.isfile(path)
+
+
 def _main_reimported() -> bool:
     """Whether a spawn/forkserver child re-imports ``__main__`` at all - the choice
     ``multiprocessing.spawn.get_preparation_data`` and ``prepare`` make: a module run with
@@ -226,7 +240,9 @@ def _main_reimported() -> bool:
     name = getattr(getattr(main, "__spec__", None), "name", None)
     if name is not None:
         return not (name == "__main__" or name.endswith(".__main__"))
-    return getattr(main, "__file__", None) is not None
+    path = getattr(main, "__file__", None)
+    # ``python - < script.py`` names its main "<stdin>": there is no file a child could run
+    return path is not None and os.path.isfile(path)
 
 
 # --- workers that do not import __main__ ------------------------------------------------------

@@ -457,6 +457,9 @@ class ProcessPool(Backend):
         self._startup_failures = 0
         self._stop_deadline: float | None = None
         self._timed = 0  # held jobs with a timeout (the IO thread polls slots only if > 0)
+        #: jobs whose pickling failed at dispatch, under the lock: the IO thread fails their
+        #: futures outside it (done-callbacks may submit, which takes the lock)
+        self._unpicklable: deque[tuple[Job, BaseException]] = deque()
         self._dirty = True  # housekeeping needed (a worker died/retired, closing, ...)
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
@@ -494,21 +497,11 @@ class ProcessPool(Backend):
         self._raise_if_broken()
         if self._closing:
             raise ExecutorClosed("cannot schedule new tasks after shutdown")
-        if job.payload is None:
-            try:
-                job.payload = dumps(
-                    (
-                        dumps_fn(job.fn, self._spec.main_by_ref),
-                        job.items,
-                        job.star,
-                        job.kwargs_list,
-                        job.timeout,
-                    ),
-                    main_by_ref=self._spec.main_by_ref,
-                )
-            except Exception as exc:  # not picklable even by cloudpickle: fail the future
-                job.future.set_exception(exc)
-                return
+        # Pickle now if the job is likely to go to a worker at once; a job that will wait in
+        # the queue (an eager map's later batches) is pickled when it is dispatched, so the
+        # pool holds the caller's objects, not a pickled copy of every queued argument.
+        if job.payload is None and not self._pending and not self._pickle(job):
+            return
         job.weight = len(job) if self.batch_items_concurrent(job.fn) else 1
         wake = False
         with self._lock:
@@ -617,6 +610,9 @@ class ProcessPool(Backend):
             pending.popleft()
             if job.requeues == 0 and not job.future.set_running_or_notify_cancel():
                 continue  # cancelled while queued (a re-queued job is already running)
+            if job.payload is None and not self._pickle(job, fail_now=False):
+                wake = True  # the IO thread fails its future
+                continue
             assert job.payload is not None
             w.jobs[job.id] = job
             w.held_items += job.weight
@@ -632,6 +628,30 @@ class ProcessPool(Backend):
             if not self._flush_locked(w):
                 wake = True
         return wake
+
+    def _pickle(self, job: Job, fail_now: bool = True) -> bool:
+        """Set ``job.payload``; on failure (not picklable even by cloudpickle) fail its future -
+        at once, or, under the lock at dispatch (``fail_now=False``), through the IO thread -
+        and return False."""
+        try:
+            job.payload = dumps(
+                (
+                    dumps_fn(job.fn, self._spec.main_by_ref),
+                    job.items,
+                    job.star,
+                    job.kwargs_list,
+                    job.timeout,
+                ),
+                main_by_ref=self._spec.main_by_ref,
+            )
+        except Exception as exc:
+            if fail_now:
+                with contextlib.suppress(Exception):  # InvalidStateError: cancelled meanwhile
+                    job.future.set_exception(exc)
+            else:
+                self._unpicklable.append((job, exc))
+            return False
+        return True
 
     def _pop_job_locked(self, w: WorkerHandle, job_id: int) -> Job | None:
         """Remove a job from ``w``'s holdings (its partial outcomes stay in ``w.partials``)."""
@@ -1039,6 +1059,9 @@ class ProcessPool(Backend):
 
     def _housekeeping(self, done: list[Callable[[], None]]) -> None:
         """(IO thread) Replace lost workers, retire spent ones, dispatch, and stop when closing."""
+        while self._unpicklable:
+            job, exc = self._unpicklable.popleft()
+            done.append(functools.partial(job.fail_all, _const(exc)))
         if self._terminated:
             return
         if not self._dirty and not self._closing:

@@ -135,7 +135,9 @@ class ThreadBackend(Backend):
             if self._max_tasks is not None and ran >= self._max_tasks:
                 with self._lock:
                     self._workers.discard(me)
-                    if not self._closing:
+                    # a replacement even when closing: queued tasks still have to run (it
+                    # leaves at the shutdown sentinel once the queue is empty)
+                    if self._broken is None:
                         self._start_worker()
                 return
             self._idle.release()
@@ -214,9 +216,16 @@ class ThreadBackend(Backend):
             self._timer.close()
         if wait:
             me = threading.current_thread()
-            for t in threads:
-                if t is not me:
-                    t.join()
+            while threads:  # replacements (max_tasks_per_worker) may start while we wait
+                for t in threads:
+                    if t is not me:
+                        t.join()
+                with self._lock:
+                    threads = [
+                        w.thread
+                        for w in self._workers
+                        if w.thread is not None and w.thread is not me and w.thread.is_alive()
+                    ]
             self._timer.close()
             untrack(self)
         # without waiting we stay tracked, so interpreter exit still runs the queued work (as

@@ -39,6 +39,7 @@ class DeadlineTimer:
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, TimerHandle]] = []
         self._seq = itertools.count()
+        self._compact_at = 1024
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -50,7 +51,15 @@ class DeadlineTimer:
             if self._closed:
                 handle.cancel()
                 return handle
-            heapq.heappush(self._heap, (deadline, next(self._seq), handle))
+            heap = self._heap
+            if len(heap) >= self._compact_at:
+                # cancelled handles stay in the heap until their deadline; drop them once they
+                # could be most of it (amortised O(1) per call), so finished tasks with a long
+                # timeout do not pile up
+                heap[:] = [entry for entry in heap if entry[2].callback is not None]
+                heapq.heapify(heap)
+                self._compact_at = max(1024, 2 * len(heap))
+            heapq.heappush(heap, (deadline, next(self._seq), handle))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()

@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -88,11 +89,62 @@ def _watch_lifeline(fd: int) -> None:
 _fn_cache: weakref.WeakValueDictionary[bytes, Callable[..., Any]] = weakref.WeakValueDictionary()
 
 
+#: the worker's one namespace for the caller's ``__main__`` code that arrives by value (see
+#: :func:`_share_main_globals`), when the worker has no import of the script to use
+_MAIN_GLOBALS: dict[str, Any] = {"__name__": "__main__"}
+
+
+def _main_namespace() -> dict[str, Any]:
+    """Where the caller's ``__main__`` globals live in this worker: the worker's own import of
+    the script (spawn and forkserver workers of a guarded script have it as ``__mp_main__``),
+    or else one namespace of our own."""
+    imported = sys.modules.get("__mp_main__")
+    if imported is not None and getattr(imported, "__file__", None):
+        return imported.__dict__
+    return _MAIN_GLOBALS
+
+
+def _share_main_globals(fn: Any) -> Any:
+    """``fn`` bound to the worker's one ``__main__`` namespace, if it is a ``__main__`` function
+    that came by value (with a private copy of the globals it uses).
+
+    cloudpickle gives every by-value function its own copy of the globals it names, so an
+    initializer's ``global conn; conn = connect()`` - or a module-level cache - would be invisible
+    to the tasks that run after it in the same worker. The stdlib's workers import the script,
+    so there they all share its module. We do the same by hand: names the namespace lacks are
+    taken from the copy, names it has win (the worker's state, as in a worker that imported the
+    script), and the functions in the copy are rebound too.
+    """
+    if not isinstance(fn, types.FunctionType) or fn.__module__ != "__main__":
+        return fn
+    ns = _main_namespace()
+    copy = fn.__globals__
+    if copy is ns:
+        return fn
+    for name, value in list(copy.items()):
+        if name in ns:
+            continue
+        if isinstance(value, types.FunctionType) and value.__globals__ is copy:
+            value = _rebind(value, ns)  # a helper it calls, from the same copy: share too
+        ns[name] = value
+    return _rebind(fn, ns)
+
+
+def _rebind(fn: types.FunctionType, ns: dict[str, Any]) -> types.FunctionType:
+    new = types.FunctionType(fn.__code__, ns, fn.__name__, fn.__defaults__, fn.__closure__)
+    new.__kwdefaults__ = fn.__kwdefaults__
+    new.__qualname__ = fn.__qualname__
+    new.__module__ = fn.__module__
+    new.__doc__ = fn.__doc__
+    new.__dict__.update(fn.__dict__)
+    return new
+
+
 def load_fn(blob: bytes) -> Callable[..., Any]:
     """Unpickle a function blob made by ``_jobs.dumps_fn``; cached (weakly) per blob."""
     fn = _fn_cache.get(blob)
     if fn is None:
-        fn = pickle.loads(blob)
+        fn = _share_main_globals(pickle.loads(blob))
         try:
             _fn_cache[blob] = fn
         except TypeError:  # not weakly referenceable (e.g. a slotted callable): not cached
