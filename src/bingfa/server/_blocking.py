@@ -11,7 +11,6 @@ import contextlib
 import errno
 import logging
 import selectors
-import signal
 import socket
 import ssl
 import threading
@@ -26,6 +25,7 @@ from bingfa.server.base import (
     RECV_SIZE,
     BaseServer,
     ConnStats,
+    close_wakeup_pair,
     has_unread,
     shutdown_socket,
     stop_reading,
@@ -389,25 +389,9 @@ class BlockingServer(BaseServer):
         self._close_wake_sockets()
 
     def _close_wake_sockets(self) -> None:
-        """Close the wake-up socket pair, first unregistering it as the signal wake-up fd.
-
-        :func:`bingfa.server.serve` registers ``_wake_w`` with :func:`signal.set_wakeup_fd`
-        and restores its previous value only once ``serve_forever`` returns — after the drain.
-        A signal meanwhile (a second Ctrl-C, a fork child's SIGCHLD) would make CPython write
-        to the closed descriptor ("Exception ignored ... Bad file descriptor"), or into whatever
-        socket reuses its number. So the registration goes first: the wake-up fd is set to -1
-        if it is ours (``serve`` then puts back the one before it), left alone otherwise.
-        """
-        ours = self._wake_w.fileno()
-        if threading.current_thread() is threading.main_thread():  # only it may set the fd
-            current = signal.set_wakeup_fd(-1)
-            if current != ours and current != -1:
-                # Someone else's: put it back. (There is no way to read it without replacing
-                # it; a signal in between only misses one wake-up byte.)
-                with contextlib.suppress(ValueError, OSError):
-                    signal.set_wakeup_fd(current)
-        self._wake_r.close()
-        self._wake_w.close()
+        """Close the wake-up socket pair, unregistering it as the signal wake-up fd first
+        (:func:`~bingfa.server.base.close_wakeup_pair`)."""
+        close_wakeup_pair(self._wake_r, self._wake_w)
 
     def _read_wake(self) -> None:
         try:

@@ -15,8 +15,14 @@ How a request runs depends on the app (see :mod:`bingfa.apps`) and ``config.offl
   the thread pool.
 
 Replies go out in request order. Backpressure: when the transport's write buffer passes its
-high-water mark (a client that does not read), or when more than ``MAX_QUEUED`` requests wait,
-the connection stops reading until it drains.
+high-water mark (a client that does not read), or when more than ``MAX_QUEUED`` requests or
+``MAX_QUEUED_BYTES`` of requests wait, the connection stops reading until it drains — so what
+one pipelining client costs is bounded by bytes, not only by count.
+
+Accepting is done here (:class:`_Acceptor`), not by ``loop.create_server``: out of descriptors,
+both loops misbehave (see the class). Signals (with :func:`bingfa.server.serve`) stay handled
+on the loop until the drain is over (:class:`LoopSignals`): a repeated SIGINT/SIGTERM halves
+the graceful time left instead of killing the process with its requests.
 
 Limits: ``max_connections`` resets connections over the limit in ``connection_made``;
 ``idle_timeout`` is a per-connection timer; ``request_timeout`` wraps a queued request in
@@ -29,23 +35,39 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import signal
 import socket
 import ssl
 import struct
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from bingfa.apps import Context
 from bingfa.errors import ProtocolError, UsageError
-from bingfa.server.base import RECV_SIZE, BaseServer, ConnStats
+from bingfa.server.base import RECV_SIZE, BaseServer, ConnStats, shutdown_socket
 
-__all__ = ["AsyncioServer", "new_event_loop"]
+__all__ = ["AsyncioServer", "LoopSignals", "new_event_loop"]
 
 log = logging.getLogger("bingfa.server")
 
 MAX_QUEUED = 256
 """Requests queued per connection behind a running handler before reading pauses."""
+MAX_QUEUED_BYTES = 4 * 1024 * 1024
+"""Bytes of requests queued per connection behind a running handler before reading pauses.
+At least one request is always queued, so a frame bigger than this is still served."""
+ACCEPT_BATCH = 128
+"""Connections accepted per wake-up of the listener before other callbacks get the loop."""
+ACCEPT_BACKOFF_MIN = 0.01
+ACCEPT_BACKOFF_MAX = 1.0
+"""After a failed accept (EMFILE...), the listener is left alone this long, doubling."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_LINGER = 0.2
+"""Seconds after the first stop signal that signals stay handled even when the drain finished
+sooner: a stop signal often comes twice within milliseconds (Ctrl-C reaches a ``--workers``
+worker from the terminal and again from the supervisor), and the second one must not find the
+process exiting with the default action back in place (exit status -15, not 0)."""
 
 
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
@@ -68,6 +90,103 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+class LoopSignals:
+    """SIGINT, SIGTERM and SIGUSR1 of an event-loop server, handled on its loop from before it
+    serves until *after* its graceful drain — and then handed back to the handlers that were
+    there before (not to the default action, which is what the loops' ``remove_signal_handler``
+    leaves: a signal arriving during the drain or the exit would kill the process).
+
+    The first SIGINT/SIGTERM calls ``server.shutdown()``. Each further one halves the time the
+    drain has left (:meth:`deadline`) and calls ``on_cut``, so the drain re-reads it; a cut
+    that comes before the drain began applies once it begins; one after the drain ended is
+    ignored. SIGUSR1 calls ``on_stats``, on the loop (never inside a raw signal handler).
+
+    Use from the loop's thread: :meth:`install` on the running loop, :meth:`restore` once the
+    loop has stopped running (before it is closed). Both must run in the main thread.
+    """
+
+    def __init__(
+        self,
+        server: BaseServer,
+        loop: asyncio.AbstractEventLoop,
+        on_stats: Callable[[], object],
+        on_cut: Callable[[], None],
+    ) -> None:
+        self.server = server
+        self.loop = loop
+        self.on_stats = on_stats
+        self.on_cut = on_cut
+        self.previous: dict[int, Any] = {}
+        self.cuts = 0
+        self.drain_end: float | None = None
+        self.drained = False
+        self.first_stop: float | None = None
+
+    def install(self) -> None:
+        """Handle the signals on ``self.loop`` (which must be running in the main thread)."""
+        for sig in (*STOP_SIGNALS, signal.SIGUSR1):
+            self.previous[sig] = signal.getsignal(sig)
+            self.loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def restore(self) -> None:
+        """Give the signals back to the handlers that were there before :meth:`install`."""
+        if not self.previous:
+            return
+        # Blocked while swapping: between the loop's removal (which sets the default action)
+        # and the old handler's return, a signal would kill the process. The server's own
+        # threads (its pool) are gone by now, so none of them can take the signal meanwhile.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, self.previous)
+        try:
+            for sig, previous in self.previous.items():
+                self.loop.remove_signal_handler(sig)
+                if previous is not None:
+                    signal.signal(sig, previous)
+        finally:
+            self.previous.clear()
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def start_drain(self, timeout: float) -> float:
+        """Start the drain's clock; return its end (loop time), earlier cuts applied."""
+        self.drain_end = self.loop.time() + timeout / 2**self.cuts
+        return self.drain_end
+
+    def deadline(self) -> float:
+        """The drain's end now (loop time); ``inf`` before :meth:`start_drain`."""
+        return math.inf if self.drain_end is None else self.drain_end
+
+    async def end_drain(self) -> None:
+        """The drain is over; return once :data:`STOP_LINGER` has passed since the first stop
+        signal (at once when the stop did not come from a signal)."""
+        self.drained = True
+        if self.first_stop is not None:
+            left = self.first_stop + STOP_LINGER - self.loop.time()
+            if left > 0:
+                await asyncio.sleep(left)
+
+    def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if sig == signal.SIGUSR1:
+            self.on_stats()
+        elif not self.server.stopping:
+            self.first_stop = self.loop.time()
+            self.server.shutdown()
+        elif self.drained:
+            log.info("%s received again: already stopped", name)
+        else:
+            self.cuts += 1
+            if self.drain_end is None:
+                log.warning("%s received again: the graceful timeout will be halved", name)
+            else:
+                now = self.loop.time()
+                self.drain_end = now + max(self.drain_end - now, 0.0) / 2
+                log.warning(
+                    "%s received again while requests finish: graceful timeout halved, %.1fs left",
+                    name,
+                    self.drain_end - now,
+                )
+            self.on_cut()
+
+
 class _Connection(asyncio.Protocol):
     """One client connection. Owned by the server's connection set until ``connection_lost``."""
 
@@ -80,6 +199,7 @@ class _Connection(asyncio.Protocol):
         self.inline = server.mode == "inline"
         self.sync = server.app.sync
         self.pending: deque[bytes] = deque()
+        self.pending_bytes = 0  # total size of ``pending``: the read-pause bound
         self.task: asyncio.Task[None] | None = None
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.ctx: Context = None  # type: ignore[assignment]
@@ -150,6 +270,7 @@ class _Connection(asyncio.Protocol):
             self._answer_inline(messages)
         elif messages:
             self.pending.extend(messages)
+            self.pending_bytes += sum(map(len, messages))
             if self.task is None:
                 self.task = asyncio.get_running_loop().create_task(self._drain())
             self._update_reading()
@@ -221,8 +342,12 @@ class _Connection(asyncio.Protocol):
         log.exception("handler %s failed for %s; closing", self.server.app.name, self.peer)
         if replies:
             self.transport.write(b"".join(replies))
-        self.pending.clear()
+        self._clear_pending()
         self.transport.close()
+
+    def _clear_pending(self) -> None:
+        self.pending.clear()
+        self.pending_bytes = 0
 
     def _close_after_pending(self) -> None:
         if self.task is None:
@@ -234,7 +359,11 @@ class _Connection(asyncio.Protocol):
     def _update_reading(self) -> None:
         if self.lost or self.transport.is_closing():
             return
-        want_pause = self.write_paused or len(self.pending) >= MAX_QUEUED
+        want_pause = (
+            self.write_paused
+            or len(self.pending) >= MAX_QUEUED
+            or self.pending_bytes >= MAX_QUEUED_BYTES
+        )
         if want_pause != self.read_paused:
             self.read_paused = want_pause
             if want_pause:
@@ -269,6 +398,7 @@ class _Connection(asyncio.Protocol):
         try:
             while self.pending and not self.lost:
                 message = self.pending.popleft()
+                self.pending_bytes -= len(message)
                 self._update_reading()
                 if timeout is None:
                     reply = await call(message, ctx)
@@ -282,7 +412,7 @@ class _Connection(asyncio.Protocol):
                             self.peer,
                             timeout,
                         )
-                        self.pending.clear()
+                        self._clear_pending()
                         self.transport.close()
                         return
                 self.stats.requests += 1
@@ -470,6 +600,118 @@ class _TlsConnection(_Connection):
             self._handshake_failed(TimeoutError("no handshake within handshake_timeout"))
 
 
+class _Acceptor:
+    """Accepts connections on the loop itself and hands each to ``connect_accepted_socket``.
+
+    Not ``loop.create_server``: when the process runs out of descriptors, uvloop (libuv's
+    "EMFILE trick") accepts the pending connections and closes them unanswered without a log
+    line, and the stdlib loop logs a traceback per attempt — up to ``backlog`` per wake-up,
+    scheduling as many retries — and spins. Here an accept error (EMFILE, ENFILE, ENOBUFS,
+    ENOMEM...) stops watching the listener for a backoff (10 ms doubling to 1 s, reset by the
+    next successful accept), as the thread models do: connections wait in the kernel's backlog
+    and are served once descriptors free up. It logs at most one line a second.
+
+    Owned by the server's ``_main``; :meth:`close` stops it and waits for the connections
+    accepted but not yet handed to their protocol, so a drain that follows sees them all.
+    """
+
+    def __init__(
+        self,
+        server: AsyncioServer,
+        loop: asyncio.AbstractEventLoop,
+        listener: socket.socket,
+        factory: Callable[[], asyncio.Protocol],
+    ) -> None:
+        self.server = server
+        self.loop = loop
+        self.listener = listener
+        self.factory = factory
+        self.fd = listener.fileno()
+        self.watching = False
+        self.closed = False
+        self.backoff = 0.0
+        self.failures = 0
+        self.last_log = -math.inf
+        self.retry: asyncio.TimerHandle | None = None
+        self.connecting: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self.listener.setblocking(False)
+        self._watch()
+
+    async def close(self) -> None:
+        """Stop accepting (the backlog is left to the listener's owner); wait for the
+        connections accepted so far to reach ``connection_made``."""
+        self.closed = True
+        self._unwatch()
+        if self.retry is not None:
+            self.retry.cancel()
+            self.retry = None
+        if self.connecting:
+            await asyncio.gather(*self.connecting, return_exceptions=True)
+
+    def _watch(self) -> None:
+        if not self.watching and not self.closed:
+            self.loop.add_reader(self.fd, self._accept)
+            self.watching = True
+
+    def _unwatch(self) -> None:
+        if self.watching:
+            self.loop.remove_reader(self.fd)
+            self.watching = False
+
+    def _accept(self) -> None:
+        listener = self.listener
+        for _ in range(ACCEPT_BATCH):
+            if self.closed:
+                return
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:  # the client gave up while queued: next one
+                continue
+            except OSError as exc:
+                self._back_off(exc)
+                return
+            self.backoff = 0.0
+            conn.setblocking(False)
+            task = self.loop.create_task(self._connect(conn))
+            self.connecting.add(task)
+            task.add_done_callback(self.connecting.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(self.factory, conn)
+        except OSError as exc:  # e.g. the client reset it already
+            log.debug("cannot set up an accepted connection: %s", exc)
+            conn.close()
+
+    def _back_off(self, exc: OSError) -> None:
+        self.failures += 1
+        self.backoff = min(max(self.backoff * 2, ACCEPT_BACKOFF_MIN), ACCEPT_BACKOFF_MAX)
+        # Unwatched meanwhile: a level-triggered listener with a full descriptor table would
+        # otherwise wake the loop again at once, forever.
+        self._unwatch()
+        self.retry = self.loop.call_later(self.backoff, self._resume)
+        now = self.loop.time()
+        if now - self.last_log >= 1.0:
+            self.last_log = now
+            log.warning(
+                "accept failed (%s); pausing accepting for %.2fs, connections wait in the "
+                "backlog (%d failed accepts so far; logged at most once a second)",
+                exc.strerror or exc,
+                self.backoff,
+                self.failures,
+            )
+
+    def _resume(self) -> None:
+        self.retry = None
+        if not self.server.stopping:
+            self._watch()
+            self._accept()  # at once: the listener may have been readable all along
+
+
 class AsyncioServer(BaseServer):
     """An event loop serving every connection; see the module doc for how handlers run."""
 
@@ -493,6 +735,7 @@ class AsyncioServer(BaseServer):
         self._stop: asyncio.Event | None = None
         self.handle_signals = False
         self.idle: asyncio.Event | None = None
+        self._signals: LoopSignals | None = None
 
     async def queued_call(self, message: bytes, ctx: Context) -> bytes | None:
         """Run one queued request the way ``self.mode`` says."""
@@ -515,6 +758,18 @@ class AsyncioServer(BaseServer):
             except RuntimeError:  # loop closed meanwhile
                 pass
 
+    def request_stats(self) -> None:
+        """Report the counters from the loop, soon; safe from a signal handler or any thread
+        (the report takes the stats lock, which the interrupted code may hold)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self.report_stats)
+                return
+            except RuntimeError:  # closed meanwhile
+                pass
+        self.report_stats()
+
     def _serve(self, listener: socket.socket) -> None:
         loop = new_event_loop(self.config.loop)
         if self.mode == "thread":
@@ -532,18 +787,23 @@ class AsyncioServer(BaseServer):
             if self.executor is not None:
                 self.executor.shutdown(wait=True, cancel_futures=True)
             loop.run_until_complete(loop.shutdown_asyncgens())
+            # Only now: until here a signal must still be handled, not kill the process.
+            if self._signals is not None:
+                self._signals.restore()
             loop.close()
+
+    def _hurry(self) -> None:
+        """A repeated stop signal cut the drain's deadline: wake the drain to re-read it."""
+        if self.idle is not None:
+            self.idle.set()
 
     async def _main(self, loop: asyncio.AbstractEventLoop, listener: socket.socket) -> None:
         self._stop = asyncio.Event()
         self.idle = asyncio.Event()
         self._loop = loop
-        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) if self.handle_signals else ()
-        for sig in signals:
-            if sig == signal.SIGUSR1:
-                loop.add_signal_handler(sig, self.report_stats)
-            else:
-                loop.add_signal_handler(sig, self.shutdown)
+        if self.handle_signals:
+            self._signals = LoopSignals(self, loop, self.report_stats, self._hurry)
+            self._signals.install()
         stats_task = None
         if self.config.stats_interval:
             stats_task = loop.create_task(self._report_every(self.config.stats_interval))
@@ -558,20 +818,24 @@ class AsyncioServer(BaseServer):
             and cfg.max_frame_size >= 256 * 1024
         ):
             factory = _RawInlineConnection
-        server = await loop.create_server(
-            lambda: factory(self), sock=listener, backlog=self.config.backlog
-        )
+        acceptor = _Acceptor(self, loop, listener, lambda: factory(self))
+        acceptor.start()
         try:
             if not self.stopping:
                 await self._stop.wait()
         finally:
-            server.close()
-            for sig in signals:
-                loop.remove_signal_handler(sig)
+            await acceptor.close()
+            if self.owns_backlog:
+                # New clients are refused at once, as when a loop's own server closes its
+                # socket (serve_forever closes the listener only after the drain). SHUT_RD
+                # on a listening socket resets its backlog, so never on a shared --workers
+                # socket: that backlog is the siblings'.
+                shutdown_socket(listener, socket.SHUT_RD)
             if stats_task is not None:
                 stats_task.cancel()
             await self._close_connections()
-            await server.wait_closed()
+            if self._signals is not None:
+                await self._signals.end_drain()
 
     async def _report_every(self, interval: float) -> None:
         while True:
@@ -579,18 +843,23 @@ class AsyncioServer(BaseServer):
             self.report_stats()
 
     async def _close_connections(self) -> None:
-        """Close idle connections now; let busy ones answer what they hold, within the timeout."""
+        """Close idle connections now; let busy ones answer what they hold, within the graceful
+        timeout (which a repeated stop signal halves: see :class:`LoopSignals`)."""
         for conn in list(self.connections):
             if conn.task is None:
                 conn.transport.close()
             else:
                 conn.close_when_done = True
                 conn.transport.pause_reading()
-        if self.connections and self.idle is not None:
-            self.idle.clear()
-            try:
-                await asyncio.wait_for(self.idle.wait(), self.config.graceful_timeout)
-            except TimeoutError:
+        loop = asyncio.get_running_loop()
+        timeout = self.config.graceful_timeout
+        signals = self._signals
+        deadline = loop.time() + timeout if signals is None else signals.start_drain(timeout)
+        while self.connections and self.idle is not None:
+            if signals is not None:
+                deadline = signals.deadline()
+            left = deadline - loop.time()
+            if left <= 0:
                 log.warning(
                     "%d connections still busy after graceful_timeout; aborting them",
                     len(self.connections),
@@ -599,5 +868,11 @@ class AsyncioServer(BaseServer):
                     if conn.task is not None:
                         conn.task.cancel()
                     conn.transport.abort()
+                break
+            self.idle.clear()  # set by the last connection_lost, or by _hurry
+            try:
+                await asyncio.wait_for(self.idle.wait(), left)
+            except TimeoutError:
+                pass
         # Let transports run connection_lost before the loop closes.
         await asyncio.sleep(0)

@@ -317,6 +317,30 @@ def stop_reading(sock: socket.socket) -> None:
         shutdown_socket(sock, socket.SHUT_RD)
 
 
+def close_wakeup_pair(wake_r: socket.socket, wake_w: socket.socket) -> None:
+    """Close a wake-up socket pair whose writing end may be the signal wake-up fd.
+
+    :func:`bingfa.server.serve` registers a server's ``wake_w`` with
+    :func:`signal.set_wakeup_fd` and restores the previous value only once ``serve_forever``
+    returns - after the drain. A signal meanwhile (a second Ctrl-C, a fork child's SIGCHLD) would
+    make CPython write to the closed descriptor ("Exception ignored ... Bad file descriptor"), or
+    into whatever socket reuses its number. So the registration goes first: the wake-up fd is
+    set to -1 if it is ours (``serve`` then puts back the one before it), left alone otherwise.
+    """
+    if wake_w.fileno() >= 0 and threading.current_thread() is threading.main_thread():
+        ours = wake_w.fileno()
+        current = signal.set_wakeup_fd(-1)  # only the main thread may set it
+        if current not in (ours, -1):
+            # Someone else's: put it back. (There is no way to read it without replacing it;
+            # a signal in between only misses one wake-up byte.)
+            try:
+                signal.set_wakeup_fd(current)
+            except (ValueError, OSError):
+                pass
+    wake_r.close()
+    wake_w.close()
+
+
 def describe_status(status: int) -> str:
     """``exit status 1`` or ``killed by SIGKILL`` for a :func:`os.waitpid` status."""
     code = os.waitstatus_to_exitcode(status)

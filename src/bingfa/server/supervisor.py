@@ -559,7 +559,9 @@ class Supervisor:
         how = describe_status(status)
         code = os.waitstatus_to_exitcode(status)
         if w.retiring:
-            if code in (0, -signal.SIGTERM):
+            # Only a clean exit is a clean stop: a worker killed by a signal (even the SIGTERM
+            # it was sent) did not drain, and whatever it was serving was lost.
+            if code == 0:
                 log.info("%s stopped (%s)", w.label(), how)
             else:
                 log.warning("%s stopped with %s", w.label(), how)
