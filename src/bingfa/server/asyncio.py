@@ -48,7 +48,7 @@ from bingfa.apps import Context
 from bingfa.errors import ProtocolError, UsageError
 from bingfa.server.base import RECV_SIZE, BaseServer, ConnStats, shutdown_socket
 
-__all__ = ["AsyncioServer", "LoopSignals", "new_event_loop"]
+__all__ = ["AsyncioServer", "LoopSignals", "new_event_loop", "report_every", "report_on_loop"]
 
 log = logging.getLogger("bingfa.server")
 
@@ -88,6 +88,26 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     elif kind != "asyncio":
         raise UsageError(f"loop must be auto, asyncio or uvloop, got {kind!r}")
     return asyncio.new_event_loop()
+
+
+def report_on_loop(loop: asyncio.AbstractEventLoop | None, report: Callable[[], None]) -> None:
+    """Run ``report`` on ``loop`` soon - safe from a signal handler or any thread, since the
+    report takes the stats lock, which the interrupted code may hold - or right here if there
+    is no running loop."""
+    if loop is not None and not loop.is_closed():
+        try:
+            loop.call_soon_threadsafe(report)
+            return
+        except RuntimeError:  # closed meanwhile
+            pass
+    report()
+
+
+async def report_every(interval: float, report: Callable[[], None]) -> None:
+    """Call ``report`` every ``interval`` seconds until cancelled (``--stats-interval``)."""
+    while True:
+        await asyncio.sleep(interval)
+        report()
 
 
 class LoopSignals:
@@ -759,16 +779,8 @@ class AsyncioServer(BaseServer):
                 pass
 
     def request_stats(self) -> None:
-        """Report the counters from the loop, soon; safe from a signal handler or any thread
-        (the report takes the stats lock, which the interrupted code may hold)."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(self.report_stats)
-                return
-            except RuntimeError:  # closed meanwhile
-                pass
-        self.report_stats()
+        """Report the counters from the loop, soon (:func:`report_on_loop`)."""
+        report_on_loop(self._loop, self.report_stats)
 
     def _serve(self, listener: socket.socket) -> None:
         loop = new_event_loop(self.config.loop)
@@ -806,7 +818,8 @@ class AsyncioServer(BaseServer):
             self._signals.install()
         stats_task = None
         if self.config.stats_interval:
-            stats_task = loop.create_task(self._report_every(self.config.stats_interval))
+            every = report_every(self.config.stats_interval, self.report_stats)
+            stats_task = loop.create_task(every)
         factory: Any = _Connection
         cfg = self.config
         if self.ssl_context is not None:
@@ -836,11 +849,6 @@ class AsyncioServer(BaseServer):
             await self._close_connections()
             if self._signals is not None:
                 await self._signals.end_drain()
-
-    async def _report_every(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            self.report_stats()
 
     async def _close_connections(self) -> None:
         """Close idle connections now; let busy ones answer what they hold, within the graceful

@@ -38,7 +38,7 @@ from typing import Any
 
 from bingfa.apps import Context
 from bingfa.errors import UsageError
-from bingfa.server.asyncio import LoopSignals, new_event_loop
+from bingfa.server.asyncio import LoopSignals, new_event_loop, report_every, report_on_loop
 from bingfa.server.base import BaseServer, close_wakeup_pair
 
 __all__ = ["UdpAsyncioServer", "UdpGeventServer", "UdpThreadServer"]
@@ -340,16 +340,8 @@ class UdpAsyncioServer(_UdpMixin):
             self._idle.set()
 
     def request_stats(self) -> None:
-        """Report the counters from the loop, soon; safe from a signal handler or any thread
-        (the report takes the stats lock, which the interrupted code may hold)."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(self.report_stats)
-                return
-            except RuntimeError:  # closed meanwhile
-                pass
-        self.report_stats()
+        """Report the counters from the loop, soon (:func:`report_on_loop`)."""
+        report_on_loop(self._loop, self.report_stats)
 
     def _serve(self, listener: socket.socket) -> None:
         loop = new_event_loop(self.config.loop)
@@ -381,7 +373,8 @@ class UdpAsyncioServer(_UdpMixin):
             self._signals.install()
         stats_task = None
         if self.config.stats_interval:
-            stats_task = loop.create_task(self._report_every(self.config.stats_interval))
+            every = report_every(self.config.stats_interval, self.report_stats)
+            stats_task = loop.create_task(every)
         transport, protocol = await loop.create_datagram_endpoint(
             lambda: _DatagramProtocol(self, listener), sock=listener
         )
@@ -396,11 +389,6 @@ class UdpAsyncioServer(_UdpMixin):
             await asyncio.sleep(0)
             if self._signals is not None:
                 await self._signals.end_drain()
-
-    async def _report_every(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            self.report_stats()
 
     async def _drain(self, protocol: _DatagramProtocol) -> None:
         """Let the datagrams being handled finish, within the graceful timeout (which a
