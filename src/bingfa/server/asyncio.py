@@ -90,7 +90,7 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def report_on_loop(loop: asyncio.AbstractEventLoop | None, report: Callable[[], None]) -> None:
+def report_on_loop(loop: asyncio.AbstractEventLoop | None, report: Callable[[], object]) -> None:
     """Run ``report`` on ``loop`` soon - safe from a signal handler or any thread, since the
     report takes the stats lock, which the interrupted code may hold - or right here if there
     is no running loop."""
@@ -103,7 +103,7 @@ def report_on_loop(loop: asyncio.AbstractEventLoop | None, report: Callable[[], 
     report()
 
 
-async def report_every(interval: float, report: Callable[[], None]) -> None:
+async def report_every(interval: float, report: Callable[[], object]) -> None:
     """Call ``report`` every ``interval`` seconds until cancelled (``--stats-interval``)."""
     while True:
         await asyncio.sleep(interval)
