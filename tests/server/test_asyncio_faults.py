@@ -7,7 +7,6 @@ and the fixture SIGKILLs the whole group at teardown, even when the test failed.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import selectors
@@ -26,7 +25,7 @@ from typing import IO, Any
 
 import psutil
 import pytest
-from server_helpers import frame, wait_for
+from server_helpers import check_request_stats_skips_the_stats_lock, frame
 
 from bingfa.server import create_server
 
@@ -390,19 +389,7 @@ def test_request_stats_never_waits_for_the_stats_lock(caplog: pytest.LogCaptureF
         with socket.create_connection(server.address, timeout=5) as s:
             s.sendall(frame(b"up"))
             assert read_frame(s) == b"up"
-        with caplog.at_level(logging.INFO, logger="bingfa.server"):
-            lock = server.stats._lock
-            lock.acquire()
-            try:
-                caller = threading.Thread(target=server.request_stats, daemon=True)
-                caller.start()
-                caller.join(2)
-                blocked = caller.is_alive()
-            finally:
-                lock.release()
-            caller.join(5)
-            assert not blocked, "request_stats() waited for the stats lock"
-            wait_for(lambda: "stats: open_connections=" in caplog.text, 5, "the stats report")
+        check_request_stats_skips_the_stats_lock(server, caplog)
     finally:
         server.shutdown()
         serving.join(10)

@@ -6,27 +6,16 @@ from __future__ import annotations
 import re
 import signal
 import socket
-import struct
 import time
 from typing import Any, TypeVar
 
 import psutil
-from server_helpers import frame, live_children, wait_for
+from server_helpers import frame, live_children, recv_frame, wait_for
 
 from bingfa import Client
 from bingfa.spawn import ServerProcess
 
 T = TypeVar("T")
-
-
-def recv_frame(sock: socket.socket) -> bytes:
-    data = b""
-    while len(data) < 4 or len(data) < 4 + struct.unpack("!I", data[:4])[0]:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"EOF after {len(data)} bytes")
-        data += chunk
-    return data[4:]
 
 
 def has_reply(sock: socket.socket, wait: float) -> bool:

@@ -6,7 +6,6 @@ teardown (which also requires exit status 0: a server that deadlocked fails ther
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import signal
@@ -20,7 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
-from server_helpers import wait_for, wait_for_log
+from server_helpers import check_request_stats_skips_the_stats_lock, wait_for_log
 
 from bingfa.client import UdpClient
 from bingfa.server import UDP_MODELS, create_server
@@ -147,19 +146,7 @@ def test_request_stats_never_waits_for_the_stats_lock(
     try:
         with UdpClient(*server.address) as client:
             assert client.request(b"up", timeout=2, retries=3) == b"up"
-        with caplog.at_level(logging.INFO, logger="bingfa.server"):
-            lock = server.stats._lock
-            lock.acquire()  # as the interrupted receiving loop would hold it
-            try:
-                caller = threading.Thread(target=server.request_stats, daemon=True)
-                caller.start()
-                caller.join(2)
-                blocked = caller.is_alive()
-            finally:
-                lock.release()  # a blocked caller gets it now: nothing is left stuck
-            caller.join(5)
-            assert not blocked, "request_stats() waited for the stats lock"
-            wait_for(lambda: "stats: open_connections=" in caplog.text, 5, "the stats report")
+        check_request_stats_skips_the_stats_lock(server, caplog)
     finally:
         server.shutdown()
         serving.join(10)

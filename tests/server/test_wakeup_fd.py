@@ -17,7 +17,6 @@ import os
 import re
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from server_helpers import frame
+from server_helpers import frame, recv_frame
 
 _LISTENING = re.compile(r"listening on (?P<host>[\d.]+):(?P<port>\d+) ")
 
@@ -88,16 +87,6 @@ def start(tmp_path: Path) -> Iterator[Start]:
         served.close()
 
 
-def read_frame(sock: socket.socket) -> bytes:
-    data = b""
-    while len(data) < 4 or len(data) < 4 + struct.unpack("!I", data[:4])[0]:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"EOF after {len(data)} bytes")
-        data += chunk
-    return data[4:]
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("model", ["thread", "threadpool", "fork", "gevent"])
 def test_signal_with_a_connection_open_leaves_no_dangling_wakeup_fd(
@@ -111,13 +100,13 @@ def test_signal_with_a_connection_open_leaves_no_dangling_wakeup_fd(
         socket.create_connection(served.address, timeout=10) as busy,
     ):
         idle.sendall(frame(b"0"))
-        assert read_frame(idle) == b"0"  # connected and served: the connection is open
+        assert recv_frame(idle) == b"0"  # connected and served: the connection is open
         busy.sendall(frame(b"800"))
         time.sleep(0.2)  # the request is running
         served.killpg(sig)
         time.sleep(0.3)  # the server is draining: its accept loop is over
         served.killpg(sig)
-        assert read_frame(busy) == b"800"
+        assert recv_frame(busy) == b"800"
         assert idle.recv(1) == b""  # idle connections are closed at shutdown
     status = served.proc.wait(10)
     log = served.log()

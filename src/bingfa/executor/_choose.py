@@ -240,15 +240,17 @@ def choose_model(
     else:
         why = "nothing known about the function: threads are the safe default"
         return make("thread", threads, why, "io")
+    # estimated work in total, when known: under MIN_PROCESS_WORK_S processes cost more than
+    # they save, whatever the verdict that would pick them
+    total = None if seconds_per_item is None or n_items is None else seconds_per_item * n_items
+    too_little = (
+        f"only ~{total:.2f}s of work in total: worker processes would cost more than they save"
+        if total is not None and total < MIN_PROCESS_WORK_S
+        else None
+    )
     if k == "cpu":
-        if seconds_per_item is not None and n_items is not None:
-            total = seconds_per_item * n_items
-            if total < MIN_PROCESS_WORK_S:
-                why = (
-                    f"CPU-bound ({how}) but only ~{total:.2f}s of work in total: worker "
-                    "processes would cost more than they save"
-                )
-                return make("thread", threads, why, "cpu")
+        if too_little:
+            return make("thread", threads, f"CPU-bound ({how}) but {too_little}", "cpu")
         why = f"CPU-bound ({how}): processes side-step the GIL, one per CPU"
         return make("process", cpu_count(), why, "cpu")
     if k == "io":
@@ -263,13 +265,7 @@ def choose_model(
     if not many:
         why = f"mixed CPU and waiting ({how}), {count} items: few → threads"
         return make("thread", max(1, n_items or 1), why, "mixed")
-    if seconds_per_item is not None and n_items is not None:
-        total = seconds_per_item * n_items
-        if total < MIN_PROCESS_WORK_S:
-            why = (
-                f"mixed CPU and waiting ({how}) but only ~{total:.2f}s of work in total: "
-                "worker processes would cost more than they save"
-            )
-            return make("thread", threads, why, "mixed")
+    if too_little:
+        return make("thread", threads, f"mixed CPU and waiting ({how}) but {too_little}", "mixed")
     why = f"mixed CPU and waiting ({how}), {count} items → processes × threads"
     return make("hybrid", cpu_count(), why, "mixed")
