@@ -263,7 +263,7 @@ def serve(
                     "--workers does not apply to the fork model, which already runs a process "
                     "per connection; use --max-children to bound it"
                 )
-            from bingfa.server.supervisor import Supervisor
+            from bingfa.server._supervisor import Supervisor
 
             supervisor = Supervisor(app, model, n_workers, options, log_level=log_level)
             bound_host, bound_port = supervisor.listen()

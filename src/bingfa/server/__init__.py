@@ -1,6 +1,8 @@
-"""Servers: one skeleton (:class:`BaseServer`), one module per concurrency model.
+"""Servers: one skeleton (:class:`BaseServer`), one private module per concurrency model.
 
-Models are imported lazily by name, so choosing ``thread`` never imports gevent or uvloop.
+This module is the public surface; the model modules (``_thread``, ``_asyncio``, ...) are
+private - their names start with ``_`` so that they never shadow the libraries they wrap. Models
+are imported lazily by name, so choosing ``thread`` never imports gevent or uvloop.
 """
 
 from __future__ import annotations
@@ -12,25 +14,45 @@ from typing import Any
 
 from bingfa.apps import App, as_app, load_app
 from bingfa.errors import UsageError
-from bingfa.server.base import BaseServer, ServerConfig
+from bingfa.server._base import BaseServer, ServerConfig
 
-__all__ = ["MODELS", "UDP_MODELS", "BaseServer", "ServerConfig", "create_server", "serve"]
+__all__ = [
+    "MODELS",
+    "UDP_MODELS",
+    "BaseServer",
+    "ServerConfig",
+    "create_server",
+    "patch_gevent",
+    "serve",
+]
 
 MODELS: dict[str, str] = {
-    "thread": "bingfa.server.thread:ThreadServer",
-    "threadpool": "bingfa.server.threadpool:ThreadPoolServer",
-    "gevent": "bingfa.server.gevent:GeventServer",
-    "asyncio": "bingfa.server.asyncio:AsyncioServer",
-    "fork": "bingfa.server.fork:ForkServer",
+    "thread": "bingfa.server._thread:ThreadServer",
+    "threadpool": "bingfa.server._threadpool:ThreadPoolServer",
+    "gevent": "bingfa.server._gevent:GeventServer",
+    "asyncio": "bingfa.server._asyncio:AsyncioServer",
+    "fork": "bingfa.server._fork:ForkServer",
 }
 """Model name → ``module:class`` of its TCP server."""
 
 UDP_MODELS: dict[str, str] = {
-    "thread": "bingfa.server.udp:UdpThreadServer",
-    "gevent": "bingfa.server.udp:UdpGeventServer",
-    "asyncio": "bingfa.server.udp:UdpAsyncioServer",
+    "thread": "bingfa.server._udp:UdpThreadServer",
+    "gevent": "bingfa.server._udp:UdpGeventServer",
+    "asyncio": "bingfa.server._udp:UdpAsyncioServer",
 }
 """Model name → ``module:class`` of its UDP server."""
+
+
+def patch_gevent() -> None:
+    """Monkey-patch the standard library for the gevent model (``gevent.monkey.patch_all``).
+
+    Call it as the first statement of a program that serves with ``model="gevent"``, before
+    ``threading``, ``socket`` or ``ssl`` are used (``bingfa serve --model gevent`` does it
+    itself). The gevent server refuses to run in an unpatched process.
+    """
+    from bingfa.server._gevent import patch
+
+    patch()
 
 
 def server_class(model: str, udp: bool = False) -> type[BaseServer]:

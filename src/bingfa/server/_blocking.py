@@ -21,7 +21,7 @@ from typing import Any, TypeAlias
 
 from bingfa.apps import Context, SyncHandler
 from bingfa.errors import ProtocolError
-from bingfa.server.base import (
+from bingfa.server._base import (
     RECV_SIZE,
     BaseServer,
     ConnStats,
@@ -390,7 +390,7 @@ class BlockingServer(BaseServer):
 
     def _close_wake_sockets(self) -> None:
         """Close the wake-up socket pair, unregistering it as the signal wake-up fd first
-        (:func:`~bingfa.server.base.close_wakeup_pair`)."""
+        (:func:`~bingfa.server._base.close_wakeup_pair`)."""
         close_wakeup_pair(self._wake_r, self._wake_w)
 
     def _read_wake(self) -> None:

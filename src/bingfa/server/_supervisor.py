@@ -1,6 +1,6 @@
 """``--workers N``: N worker processes sharing one listening socket, under a supervisor.
 
-The supervisor binds the socket itself (:func:`~bingfa.server.base.make_listener`) and starts
+The supervisor binds the socket itself (:func:`~bingfa.server._base.make_listener`) and starts
 every worker as a *fresh interpreter*::
 
     python -m bingfa serve APP --model MODEL --listen-fd FD [options...]
@@ -68,7 +68,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from bingfa.errors import BingfaError, UsageError
-from bingfa.server.base import ServerConfig, ServerStats, describe_status, make_listener
+from bingfa.server._base import ServerConfig, ServerStats, describe_status, make_listener
 
 __all__ = ["Supervisor"]
 
@@ -175,7 +175,7 @@ class Supervisor:
         app: the app spec given to ``bingfa serve`` (``echo``, ``module:attr``).
         model: an in-process model (``thread``, ``threadpool``, ``gevent``, ``asyncio``).
         workers: how many worker processes to keep running (≥ 1).
-        options: :class:`~bingfa.server.base.ServerConfig` keyword fields from the command
+        options: :class:`~bingfa.server._base.ServerConfig` keyword fields from the command
             line; None values are "not set" and are not passed on. ``host``/``port`` (and
             ``backlog``) are used by the supervisor to bind; the rest go to every worker as
             ``--flags``.

@@ -10,7 +10,7 @@ How a request runs depends on the app (see :mod:`bingfa.apps`) and ``config.offl
   in ``data_received``: no task, no thread hop (it must not block);
 * plain handler of kind ``io``/``cpu`` with ``offload="thread"`` (default) → a bounded thread
   pool of ``config.threads`` threads, so a blocking call stalls only its own client;
-* kind ``cpu`` with ``offload="process"`` → a process pool (:mod:`bingfa.server.offload`), so
+* kind ``cpu`` with ``offload="process"`` → a process pool (:mod:`bingfa.server._offload`), so
   CPU-bound work neither stalls the loop nor fights it for the GIL; kind ``io`` still goes to
   the thread pool.
 
@@ -46,7 +46,7 @@ from typing import Any
 
 from bingfa.apps import Context
 from bingfa.errors import ProtocolError, UsageError
-from bingfa.server.base import RECV_SIZE, BaseServer, ConnStats, shutdown_socket
+from bingfa.server._base import RECV_SIZE, BaseServer, ConnStats, shutdown_socket
 
 __all__ = ["AsyncioServer", "LoopSignals", "new_event_loop", "report_every", "report_on_loop"]
 
@@ -764,7 +764,7 @@ class AsyncioServer(BaseServer):
             return await self.app.async_(message, ctx)
         loop = asyncio.get_running_loop()
         if self.mode == "process":
-            from bingfa.server.offload import run_offloaded
+            from bingfa.server._offload import run_offloaded
 
             return await loop.run_in_executor(self.executor, run_offloaded, message, ctx)
         assert self.app.sync is not None
@@ -789,7 +789,7 @@ class AsyncioServer(BaseServer):
                 max_workers=self.config.threads, thread_name_prefix="bingfa-handler"
             )
         elif self.mode == "process":
-            from bingfa.server.offload import make_process_pool
+            from bingfa.server._offload import make_process_pool
 
             assert self.app.sync is not None
             self.executor = make_process_pool(self.app.sync, self.config.offload_workers)

@@ -17,7 +17,7 @@ __all__ = ["ThreadServer"]
 
 
 class ThreadServer(BlockingServer):
-    """A thread per connection. See :class:`bingfa.server.base.BaseServer` for the lifecycle."""
+    """A thread per connection. See :class:`bingfa.server._base.BaseServer` for the lifecycle."""
 
     model = "thread"
 

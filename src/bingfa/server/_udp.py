@@ -38,8 +38,8 @@ from typing import Any
 
 from bingfa.apps import Context
 from bingfa.errors import UsageError
-from bingfa.server.asyncio import LoopSignals, new_event_loop, report_every, report_on_loop
-from bingfa.server.base import BaseServer, close_wakeup_pair
+from bingfa.server._asyncio import LoopSignals, new_event_loop, report_every, report_on_loop
+from bingfa.server._base import BaseServer, close_wakeup_pair
 
 __all__ = ["UdpAsyncioServer", "UdpGeventServer", "UdpThreadServer"]
 
@@ -207,12 +207,12 @@ class UdpGeventServer(UdpThreadServer):
     model = "gevent"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        from bingfa.server.gevent import is_patched
+        from bingfa.server._gevent import is_patched
 
         if not is_patched():
             raise UsageError(
                 "the gevent model needs a monkey-patched process: run `bingfa serve --udp "
-                "--model gevent`, or call bingfa.server.gevent.patch() before anything else"
+                "--model gevent`, or call bingfa.server.patch_gevent() before anything else"
             )
         super().__init__(*args, **kwargs)
         if self.config.offload == "process":
@@ -257,7 +257,7 @@ class _DatagramProtocol(asyncio.DatagramProtocol):
             assert server.app.async_ is not None
             future: asyncio.Future[Any] = asyncio.ensure_future(server.app.async_(data, ctx))
         elif server.mode == "process":
-            from bingfa.server.offload import run_offloaded
+            from bingfa.server._offload import run_offloaded
 
             future = loop.run_in_executor(server.executor, run_offloaded, data, ctx)
         else:
@@ -300,7 +300,7 @@ class UdpAsyncioServer(_UdpMixin):
     """A ``DatagramProtocol`` on an event loop (uvloop when installed).
 
     Signals (with :func:`bingfa.server.serve`) are handled on the loop until the drain is over,
-    as for asyncio TCP (:class:`~bingfa.server.asyncio.LoopSignals`): a repeated SIGINT/SIGTERM
+    as for asyncio TCP (:class:`~bingfa.server._asyncio.LoopSignals`): a repeated SIGINT/SIGTERM
     halves the graceful time left for the datagrams being handled.
     """
 
@@ -350,7 +350,7 @@ class UdpAsyncioServer(_UdpMixin):
                 self.config.threads, thread_name_prefix="bingfa-handler"
             )
         elif self.mode == "process":
-            from bingfa.server.offload import make_process_pool
+            from bingfa.server._offload import make_process_pool
 
             assert self.app.sync is not None
             self.executor = make_process_pool(self.app.sync, self.config.offload_workers)

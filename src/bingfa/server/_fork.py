@@ -28,7 +28,7 @@ in progress completes, its reply is sent, and the child exits 0; SIGUSR1 is igno
 reports stats for all of them).
 
 Counters: each child publishes its requests/bytes/errors in its own slot of an anonymous shared
-memory map, so the parent's :meth:`~bingfa.server.base.BaseServer.report_stats` includes the
+memory map, so the parent's :meth:`~bingfa.server._base.BaseServer.report_stats` includes the
 connections still open, not only the finished ones.
 
 Shutdown of the parent: stop accepting, SIGTERM every child, wait up to ``graceful_timeout``
@@ -50,7 +50,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from bingfa.server._blocking import BlockingServer, serve_connection
-from bingfa.server.base import ConnStats, ServerStats, describe_status, stop_reading
+from bingfa.server._base import ConnStats, ServerStats, describe_status, stop_reading
 
 __all__ = ["ForkServer"]
 
@@ -186,7 +186,7 @@ class _SlotConnStats(ConnStats):
 
 
 class ForkServer(BlockingServer):
-    """A child process per connection. See :class:`bingfa.server.base.BaseServer` for the
+    """A child process per connection. See :class:`bingfa.server._base.BaseServer` for the
     lifecycle and the module doc for the parent/child contract.
 
     Honours ``max_children`` (backlog, not refusal), ``max_connections`` (live children beyond

@@ -32,7 +32,7 @@ from typing import Any
 from bingfa.apps import SyncHandler
 from bingfa.errors import UsageError
 from bingfa.server._blocking import serve_connection
-from bingfa.server.base import BaseServer, ConnStats, stop_reading
+from bingfa.server._base import BaseServer, ConnStats, stop_reading
 
 __all__ = ["GeventServer", "RequestTimedOut", "is_patched", "patch"]
 
@@ -85,7 +85,7 @@ class GeventServer(BaseServer):
         if not is_patched():
             raise UsageError(
                 "the gevent model needs a monkey-patched process: run `bingfa serve --model "
-                "gevent`, or call bingfa.server.gevent.patch() before anything else"
+                "gevent`, or call bingfa.server.patch_gevent() before anything else"
             )
         import gevent
 
