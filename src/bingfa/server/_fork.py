@@ -49,8 +49,8 @@ import time
 from types import FrameType
 from typing import Any, NoReturn
 
-from bingfa.server._blocking import BlockingServer, serve_connection
 from bingfa.server._base import ConnStats, ServerStats, describe_status, stop_reading
+from bingfa.server._blocking import BlockingServer, serve_connection
 
 __all__ = ["ForkServer"]
 

@@ -31,8 +31,8 @@ from typing import Any
 
 from bingfa.apps import SyncHandler
 from bingfa.errors import UsageError
-from bingfa.server._blocking import serve_connection
 from bingfa.server._base import BaseServer, ConnStats, stop_reading
+from bingfa.server._blocking import serve_connection
 
 __all__ = ["GeventServer", "RequestTimedOut", "is_patched", "patch"]
 
